@@ -1,0 +1,138 @@
+"""The one image loader every step uses: content sniffing, bomb guard, EXIF, modes, draft decode.
+
+Anything that cannot be decoded raises ImageError with a short, stable reason that the scan
+stores in the manifest's `error` column.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k photo; beyond that we refuse before decoding
+EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """An image that cannot be used; `reason` is a short label for grouping in summaries."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    mode: str
+    width: int
+    height: int
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    """Open (header only) and refuse empty files, non-images and decompression bombs."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageError("too many pixels", str(exc)) from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image", "content is not a known image format") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError("unreadable", str(exc)) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        image.close()
+        raise ImageError("too many pixels", f"{width}x{height} exceeds the limit of {max_pixels:,}")
+    if width == 0 or height == 0:
+        image.close()
+        raise ImageError("unreadable", "zero-sized image")
+    return image
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # a broken EXIF block must not make a good image unreadable
+        return 1
+
+
+def _decode(image: Image.Image, max_side: int | None) -> Image.Image:
+    """Decode pixels, at reduced size for JPEG when max_side allows (draft mode)."""
+    if max_side and image.format == "JPEG":
+        image.draft("RGB", (max_side, max_side))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        message = str(exc)
+        reason = "truncated" if "truncated" in message or "broken data" in message else "corrupt"
+        raise ImageError(reason, message) from None
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any mode: alpha composited on white, 16-bit and float scaled, CMYK converted."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if image.mode == "F":
+            peak = max(float(array.max()), 1.0)
+        scaled = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, "L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def probe(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+          verify_side: int = 256) -> ImageInfo:
+    """Format, mode and oriented size of an image, after checking that its pixels decode.
+
+    The check decodes at reduced size (JPEG draft), which still reads the whole stream,
+    so truncated files are caught at a fraction of the full decode cost.
+    """
+    image = _open(path, max_pixels)
+    with image:
+        fmt, mode = image.format or "unknown", image.mode
+        width, height = image.size
+        if _orientation(image) in _SWAPS_AXES:
+            width, height = height, width
+        _decode(image, verify_side)
+    return ImageInfo(fmt, mode, width, height)
+
+
+def load_image(path: Path, *, max_side: int | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The image as upright RGB; with max_side, decoded and shrunk so its long side <= max_side."""
+    image = _open(path, max_pixels)
+    with image:
+        _decode(image, max_side)
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return rgb
+
+
+def load_array(path: Path, size: int | tuple[int, int], *,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 array (height, width, 3) resized to `size` (the whole frame, aspect not kept)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    image = load_image(path, max_side=2 * max(height, width), max_pixels=max_pixels)
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -1,0 +1,37 @@
+"""Run a per-file function over many files in worker processes, with a progress bar (rate, ETA)."""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """All cores but leave one free on bigger machines; at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - (1 if (cores or 1) > 2 else 0))
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
+             unit: str = "file", quiet: bool = False) -> Iterator[T]:
+    """Wrap an iterable in a progress bar on stderr showing files/s and ETA."""
+    return iter(tqdm(items, total=total, desc=desc, unit=unit, disable=quiet or None,
+                     file=sys.stderr, dynamic_ncols=True, mininterval=0.5))
+
+
+def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None = None,
+              desc: str = "", quiet: bool = False, chunksize: int | None = None) -> list[R]:
+    """func over items, in order, in a process pool when workers > 1 (func must be picklable)."""
+    workers = default_workers() if workers is None else max(1, workers)
+    if workers == 1 or len(items) < 2 * workers:
+        return list(progress(map(func, items), total=len(items), desc=desc, quiet=quiet))
+    chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(func, items, chunksize=chunksize)
+        return list(progress(results, total=len(items), desc=desc, quiet=quiet))
