@@ -17,6 +17,7 @@ EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
 class ImageError(Exception):
@@ -40,7 +41,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     """Open (header only) and refuse empty files, non-images and decompression bombs."""
     path = Path(path)
     if path.stat().st_size == 0:
-        raise ImageError("empty file")
+        raise ImageError("empty file", "0 bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -48,6 +49,10 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageError("too many pixels", str(exc)) from None
     except UnidentifiedImageError:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+        if head.startswith(_MAGIC):
+            raise ImageError("corrupt", "image signature but undecodable header") from None
         raise ImageError("not an image", "content is not a known image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError("unreadable", str(exc)) from None
