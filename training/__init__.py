@@ -1,0 +1,1 @@
+"""curate training: data pipeline, model, training loop, evaluation and prediction."""
