@@ -111,5 +111,81 @@ def scan(config: DatasetConfig, workdir: Path, quiet: bool, workers, max_pixels)
     return summary, scan_step.describe
 
 
+@main.command()
+@dataset_command
+@click.option("--ratios", help="train,val,test fractions, e.g. 0.6,0.2,0.2 (default: the "
+              "dataset's ratios in datasets.yaml).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed, "
+              "same split.")
+@click.option("--keep-duplicates", is_flag=True, help="Keep every member of a duplicate group, in "
+              "its keeper's split (default: only one per group, the others excluded).")
+@click.option("--exclude", "exclude", multiple=True, show_default=True,
+              type=click.Choice(["unreadable", "noise", "dropped", "none"]),
+              default=("unreadable", "noise", "dropped"),
+              help="Exclusion rules (repeat the option; 'none' for no rule): unreadable files, "
+              "noise flagged by flag-noise (unless reviewed keep/relabel), reviewed drops. "
+              "Unlabelled images are always excluded.")
+@click.option("--respect-given", is_flag=True, help="Keep the folders' train/validation/test "
+              "split and report duplicate groups that cross it.")
+@click.option("--fix-leaks", is_flag=True, help="With --respect-given: move each crossing group "
+              "whole into its keeper's split (else the first of train, val, test it touches).")
+@click.option("--reshuffle", is_flag=True, help="Re-split every image (default: images that "
+              "already have a split keep it; only new ones are placed).")
+@click.option("--materialize", type=click.Path(file_okay=False, path_type=Path),
+              help="Also lay out DIR/{train,val,test}/<class>/ as links to the images.")
+@click.option("--link", type=click.Choice(["auto", "hardlink", "symlink", "copy"]), default="auto",
+              show_default=True, help="How --materialize makes files (auto: hard link, else "
+              "symlink, else copy).")
+def split(config: DatasetConfig, workdir: Path, quiet: bool, ratios, seed, keep_duplicates,
+          exclude, respect_given, fix_leaks, reshuffle, materialize, link):
+    """Assign train/val/test (or excluded) to every image: stratified, leak-free, stable.
+
+    \b
+    Example: curate split stanford-cars-25 --ratios 0.7,0.15,0.15 --seed 1
+             curate split swift-wagonr --respect-given --fix-leaks
+             curate split indian-cars-7 --materialize ~/cars-split
+    Writes the manifest's split, split_label and split_excluded_by columns and
+    <workdir>/splits.csv. A duplicate group always lands in one split.
+    """
+    from curation import split as split_step
+
+    summary = split_step.split(
+        config, workdir, ratios=ratios, seed=seed, keep_duplicates=keep_duplicates,
+        exclude=tuple(rule for rule in exclude if rule != "none"), respect_given=respect_given,
+        fix_leaks=fix_leaks, reshuffle=reshuffle, materialize=materialize, link=link, quiet=quiet)
+    return summary, split_step.describe
+
+
+def exit_1_on_leaks(command):
+    """Exit with status 1 after printing when the returned report lists leaking groups."""
+
+    @functools.wraps(command)
+    def checked(*args, **kwargs):
+        report = command(*args, **kwargs)
+        if report["leaking_groups"]:
+            click.get_current_context().exit(1)
+        return report
+
+    return checked
+
+
+@main.command("check-leaks")
+@exit_1_on_leaks
+@dataset_command
+@click.option("--column", help="Split column to check (default: split if present, else "
+              "given_split).")
+def check_leaks(config: DatasetConfig, workdir: Path, quiet: bool, column):
+    """Exit 1 and list the duplicate groups whose images sit in more than one split.
+
+    \b
+    Example: curate check-leaks swift-wagonr --column given_split
+             curate check-leaks stanford-cars-25 --json
+    Groups come from `curate dedupe` (else byte-identical files); excluded images never leak.
+    """
+    from curation import leaks
+
+    return leaks.check_leaks(workdir, column), leaks.describe_check
+
+
 if __name__ == "__main__":
     sys.exit(main())

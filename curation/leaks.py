@@ -5,7 +5,9 @@ more than one used split; `excluded` and empty cells are not used, so they never
 """
 from __future__ import annotations
 
+import time
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,17 +78,45 @@ def leak_report(manifest: pd.DataFrame, column: str = "split", *, groups=None,
     return summarize_leaks(leaks, column=column, max_listed=max_listed)
 
 
-def describe_leaks(report: dict, *, show: int = 10) -> str:
-    """A few lines naming the leaking groups: counts per split pair, then group by group."""
+def check_leaks(workdir: Path, column: str | None = None) -> dict:
+    """`curate check-leaks`: the leak report of `column` (default: split, else given_split)."""
+    from .manifest import ManifestMissing, read_manifest, record_run
+
+    started = time.time()
+    manifest = read_manifest(workdir, required=["path"])
+    if column is None:
+        column = next((c for c in ("split", "given_split") if c in manifest.columns
+                       and manifest[c].notna().any()), "split")
+    if column not in manifest.columns or manifest[column].isna().all():
+        raise ManifestMissing(f"the manifest in {workdir} has no '{column}' values: run `curate "
+                              f"split` first, or name a split column with --column")
+    if GROUP_COLUMN in manifest.columns:
+        report = leak_report(manifest, column)
+        report["groups_from"] = "dedupe"
+    else:
+        report = leak_report(manifest, column, groups=exact_groups(manifest["sha256"]))
+        report["groups_from"] = "sha256 (run `curate dedupe` to check near-duplicates too)"
+    record_run(workdir, "check-leaks", settings={"column": column}, summary=report, started=started)
+    return report
+
+
+def describe_leaks(report: dict, *, show: int | None = 10) -> str:
+    """Lines naming the leaking groups: counts per split pair, then group by group (show: how many)."""
     if not report["leaking_groups"]:
         return f"No duplicate group crosses the splits in '{report['column']}'."
     pairs = ", ".join(f"{pair} {n}" for pair, n in report["pairs"].items())
     lines = [f"{report['leaking_groups']} duplicate group(s) ({report['leaking_images']} images) cross "
              f"the splits in '{report['column']}'; groups per split pair: {pairs}"]
-    for entry in report["groups"][:show]:
+    shown = report["groups"][:show]
+    for entry in shown:
         parts = "; ".join(f"{s}: {', '.join(paths)}" for s, paths in entry["splits"].items())
         lines.append(f"  group {entry['group']}: {parts}")
-    hidden = report["leaking_groups"] - min(show, len(report["groups"]))
+    hidden = report["leaking_groups"] - len(shown)
     if hidden > 0:
         lines.append(f"  ... and {hidden} more groups")
     return "\n".join(lines)
+
+
+def describe_check(report: dict) -> str:
+    """`curate check-leaks` output: every leaking group, and where the groups came from."""
+    return f"Duplicate groups from {report['groups_from']}.\n" + describe_leaks(report, show=None)
