@@ -106,15 +106,16 @@ def assign_splits(labels, groups=None, ratios=(0.7, 0.15, 0.15), seed: int = 0, 
     placer = _Placer(targets, counts, allowed=ratios > 0)
     rng = np.random.default_rng(seed)
     free = np.flatnonzero(split_of < 0)
-    members = pd.Series(free).groupby(units[free]).agg(list)
-    sizes = members.map(len)
-    multi = members[sizes > 1]
-    order = rng.permutation(len(multi))
-    order = order[np.argsort(-sizes[sizes > 1].to_numpy()[order], kind="stable")]
-    for rows in multi.iloc[order]:
+    free = free[np.argsort(units[free], kind="stable")]
+    members = np.split(free, np.flatnonzero(np.diff(units[free])) + 1) if len(free) else []
+    sizes = np.array([len(rows) for rows in members], dtype=np.int64)
+    multi = np.flatnonzero(sizes > 1)
+    multi = multi[rng.permutation(len(multi))]
+    for unit in multi[np.argsort(-sizes[multi], kind="stable")]:
+        rows = members[unit]
         split_of[rows] = placer.place(Counter(class_index[rows].tolist()))
-    singles = np.array([rows[0] for rows in members[sizes == 1]], dtype=np.int64)
-    for row in singles[rng.permutation(len(singles))]:
+    singles = np.array([members[u][0] for u in np.flatnonzero(sizes == 1)], dtype=np.int64)
+    for row in singles[rng.permutation(len(singles))].tolist():
         split_of[row] = placer.place({int(class_index[row]): 1})
     return np.array(SPLITS, dtype=object)[split_of]
 
