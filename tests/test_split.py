@@ -167,14 +167,11 @@ def test_exclusion_rules_each_name_their_images():
 # ---- the step on generated folders -------------------------------------------------------------
 
 @pytest.fixture
-def scanned(tmp_path, make_image):
-    """A 3-class folder of 10 distinct images per class, with one byte copy across classes, scanned."""
-    root = tmp_path / "data"
-    for c, label in enumerate(["alpha", "beta", "gamma"]):
-        for i in range(10):
-            make_image(root / label / f"{i}.jpg", seed=100 * c + i)
+def scanned(tmp_path, class_tree):
+    """The 3 × 4 class tree plus a byte copy of alpha/0.jpg in beta, scanned."""
+    root = class_tree
     shutil.copy(root / "alpha" / "0.jpg", root / "beta" / "copy_of_alpha0.jpg")
-    config = DatasetConfig(name="toy", root=root, ratios=(0.6, 0.2, 0.2))
+    config = DatasetConfig(name="toy", root=root, ratios=(0.5, 0.25, 0.25))
     scan(config, tmp_path / "work", workers=1, quiet=True)
     return config, tmp_path / "work"
 
@@ -186,11 +183,11 @@ def test_split_writes_columns_csv_and_run_record(scanned):
     assert summary["excluded_by"]["duplicate"] == 1
     assert manifest.loc["beta/copy_of_alpha0.jpg", "split"] == "excluded"
     assert manifest.loc["beta/copy_of_alpha0.jpg", "split_excluded_by"] == "duplicate"
-    assert summary["classes"]["alpha"] == {"train": 6, "val": 2, "test": 2, "excluded": 0}
+    assert summary["classes"]["alpha"] == {"train": 2, "val": 1, "test": 1, "excluded": 0}
     assert summary["leaks"]["leaking_groups"] == 0 and summary["max_deviation"] < 1
     csv = pd.read_csv(work / "splits.csv")
     assert list(csv.columns) == ["path", "label", "split", "dup_group", "excluded_by"]
-    assert len(csv) == 31 and read_run(work, "split")["settings"]["seed"] == 0
+    assert len(csv) == 13 and read_run(work, "split")["settings"]["seed"] == 0
 
 
 def test_keep_duplicates_puts_them_in_their_keepers_split(scanned):
@@ -219,17 +216,17 @@ def test_added_images_are_placed_and_old_ones_stay(scanned, make_image):
     config, work = scanned
     split(config, work, seed=4, quiet=True)
     before = read_manifest(work).set_index("path")["split"]
-    for i in range(10, 16):
+    for i in range(4, 10):
         make_image(config.root / "alpha" / f"{i}.jpg", seed=900 + i)
     scan(config, work, workers=1, quiet=True)
     summary = split(config, work, seed=4, quiet=True)
     after = read_manifest(work).set_index("path")["split"]
     assert after[before.index].equals(before)
-    assert summary["kept"] == 30 and summary["new"] == 6 and summary["moved"] == 0
+    assert summary["kept"] == 12 and summary["new"] == 6 and summary["moved"] == 0
     with pytest.raises(ConfigError, match="seed=4, now seed=5.*--reshuffle"):
         split(config, work, seed=5, quiet=True)
     reshuffled = split(config, work, seed=5, reshuffle=True, quiet=True)
-    assert reshuffled["kept"] == 0 and reshuffled["new"] == 36
+    assert reshuffled["kept"] == 0 and reshuffled["new"] == 18
 
 
 def test_respect_given_reports_and_fixes_crossing_groups(tmp_path, make_image):
@@ -275,14 +272,40 @@ def test_review_decisions_are_obeyed(scanned):
                  "alpha/3.jpg": ("keep", None)}
     manifest["review_decision"] = manifest["path"].map(lambda p: decisions.get(p, (None,))[0])
     manifest["review_label"] = manifest["path"].map(lambda p: decisions.get(p, (None, None))[1])
-    manifest["noise_flag"] = manifest["path"].isin(["alpha/3.jpg", "alpha/4.jpg"])
+    manifest["noise_flag"] = manifest["path"].isin(["alpha/3.jpg", "alpha/0.jpg"])
     write_manifest(manifest, work)
     summary = split(config, work, quiet=True)
     result = read_manifest(work).set_index("path")
     assert result.loc["alpha/1.jpg", "split_excluded_by"] == "dropped"
-    assert result.loc["alpha/4.jpg", "split_excluded_by"] == "noise"
+    assert result.loc["alpha/0.jpg", "split_excluded_by"] == "noise"
+    assert pd.isna(result.loc["beta/copy_of_alpha0.jpg", "split_excluded_by"])  # stands in for it
     assert result.loc["alpha/3.jpg", "split"] != "excluded"
     assert (result.loc["alpha/2.jpg", "label"], result.loc["alpha/2.jpg", "split_label"]) == ("alpha", "gamma")
     assert summary["excluded_by"] == {"unreadable": 0, "unlabelled": 0, "dropped": 1, "noise": 1,
-                                      "duplicate": 1}
-    assert sum(summary["classes"]["gamma"][s] for s in SPLITS) == 11
+                                      "duplicate": 0}
+    assert sum(summary["classes"]["gamma"][s] for s in SPLITS) == 5
+
+
+def test_cli_prints_the_class_table_and_materializes(scanned, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    config, work = scanned
+    runner = CliRunner()
+    base = ["split", str(config.root), "--workdir", str(work)]
+    result = runner.invoke(main, [*base, "--ratios", "0.5,0.5,0", "--exclude", "none"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("Split 12 of 13 images (seed 0, ratios 0.5/0.5/0): train 6, val 6, test 0")
+    assert any(line.split() == ["alpha", "2", "2", "0", "0"] for line in lines)
+    result = runner.invoke(main, [*base, "--reshuffle", "--seed", "2", "--json",
+                                  "--materialize", str(tmp_path / "folders")])
+    summary = json.loads(result.output)
+    assert summary["materialized"]["files"] == summary["used"] == 12
+    assert sorted(p.name for p in (tmp_path / "folders").iterdir()) == [
+        ".curate-materialized.json", "test", "train", "val"]
+    result = runner.invoke(main, [*base, "--materialize", str(config.root / "out")])
+    assert result.exit_code == 1 and "inside the dataset root" in result.output
