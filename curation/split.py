@@ -299,6 +299,9 @@ def summarize(frame: pd.DataFrame, groups: pd.Series, *, ratios, own: pd.Series,
     table = table.reindex(columns=[*SPLITS, EXCLUDED], fill_value=0)
     sizes = table[list(SPLITS)].sum(axis=1).to_numpy()[:, None]
     deviation = np.abs(table[list(SPLITS)].to_numpy() - sizes * np.asarray(ratios))
+    wanted = [s for s, r in zip(SPLITS, ratios) if r > 0]
+    empty = {label: [s for s in wanted if row[s] == 0] for label, row in table.iterrows()
+             if label != "(no label)" and sum(row[s] for s in SPLITS) and (row[wanted] == 0).any()}
     had = own.notna().to_numpy() & used
     same = (own.fillna("") == split.fillna("")).to_numpy(bool)
     reasons = frame["split_excluded_by"].value_counts()
@@ -310,6 +313,7 @@ def summarize(frame: pd.DataFrame, groups: pd.Series, *, ratios, own: pd.Series,
         "excluded_by": {r: int(reasons.get(r, 0)) for r in REASONS},
         "classes": {label: {s: int(n) for s, n in row.items()} for label, row in table.iterrows()},
         "max_deviation": round(float(deviation.max()), 3) if deviation.size else 0.0,
+        "empty_splits": empty,
         "kept": int((had & same).sum()), "moved": int((had & ~same).sum()),
         "new": int((used & ~had).sum()),
         "groups": {"source": group_source, "groups": int(groups.nunique()),
@@ -337,6 +341,8 @@ def describe(summary: dict) -> str:
     lines.append(f"  {'total':<{width}}" + "".join(f"{splits[s]:>10}" for s in (*SPLITS, EXCLUDED)))
     lines.append(f"Largest gap between a class's count and ratio × class size: "
                  f"{summary['max_deviation']:g} images.")
+    for label, missing in summary["empty_splits"].items():
+        lines.append(f"Warning: class {label} has no image in {', '.join(missing)} (too few images).")
     lines.append(f"Kept {summary['kept']} earlier assignments, placed {summary['new']} images"
                  + (f", moved {summary['moved']} to keep duplicate groups whole." if summary["moved"]
                     else "."))

@@ -185,6 +185,7 @@ def test_split_writes_columns_csv_and_run_record(scanned):
     assert manifest.loc["beta/copy_of_alpha0.jpg", "split_excluded_by"] == "duplicate"
     assert summary["classes"]["alpha"] == {"train": 2, "val": 1, "test": 1, "excluded": 0}
     assert summary["leaks"]["leaking_groups"] == 0 and summary["max_deviation"] < 1
+    assert summary["empty_splits"] == {}
     csv = pd.read_csv(work / "splits.csv")
     assert list(csv.columns) == ["path", "label", "split", "dup_group", "excluded_by"]
     assert len(csv) == 13 and read_run(work, "split")["settings"]["seed"] == 0
@@ -284,6 +285,7 @@ def test_review_decisions_are_obeyed(scanned):
     assert summary["excluded_by"] == {"unreadable": 0, "unlabelled": 0, "dropped": 1, "noise": 1,
                                       "duplicate": 0}
     assert sum(summary["classes"]["gamma"][s] for s in SPLITS) == 5
+    assert summary["empty_splits"] == {"alpha": ["val", "test"]}  # one alpha image is left
 
 
 def test_cli_prints_the_class_table_and_materializes(scanned, tmp_path):
