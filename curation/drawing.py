@@ -11,6 +11,11 @@ VEHICLE_CLASSES = ("sedan", "hatchback", "pickup", "suv", "minibus")
 SCENES = ("landscape", "portrait", "logo", "interior")
 # Base hue of each class's paint (0-1); the shape differs too, so colour alone is not the answer.
 _HUES = {"sedan": 0.0, "hatchback": 0.6, "pickup": 0.33, "suv": 0.08, "minibus": 0.15}
+# body height, cabin outline (fractions of the length, up from the body's top), wheel positions
+_GLASSHOUSES = {
+    "sedan": (0.2, ((0.25, 0), (0.35, 0.16), (0.65, 0.16), (0.78, 0)), (0.2, 0.8)),
+    "hatchback": (0.25, ((0.02, 0), (0.08, 0.25), (0.6, 0.25), (0.85, 0)), (0.18, 0.78)),
+}
 
 
 def _colour(rng: np.random.Generator, hue: float, *, hue_jitter: float = 0.04,
@@ -56,18 +61,11 @@ def _silhouette(draw: ImageDraw.ImageDraw, kind: str, x0: float, bottom: float, 
                 paint, glass) -> None:
     """One vehicle facing right; its proportions are what tells the classes apart."""
     unit = length
-    if kind == "sedan":
-        top = bottom - 0.2 * unit
+    if kind in _GLASSHOUSES:   # a body box with a sloped cabin on top
+        body, cabin, wheels = _GLASSHOUSES[kind]
+        top = bottom - body * unit
         draw.rectangle([x0, top, x0 + unit, bottom], fill=paint)
-        draw.polygon([(x0 + 0.25 * unit, top), (x0 + 0.35 * unit, top - 0.16 * unit),
-                      (x0 + 0.65 * unit, top - 0.16 * unit), (x0 + 0.78 * unit, top)], fill=glass)
-        wheels = (0.2, 0.8)
-    elif kind == "hatchback":
-        top = bottom - 0.25 * unit
-        draw.rectangle([x0, top, x0 + unit, bottom], fill=paint)
-        draw.polygon([(x0 + 0.02 * unit, top), (x0 + 0.08 * unit, top - 0.25 * unit),
-                      (x0 + 0.6 * unit, top - 0.25 * unit), (x0 + 0.85 * unit, top)], fill=glass)
-        wheels = (0.18, 0.78)
+        draw.polygon([(x0 + fx * unit, top - fy * unit) for fx, fy in cabin], fill=glass)
     elif kind == "pickup":
         top = bottom - 0.2 * unit
         draw.rectangle([x0, top, x0 + unit, bottom], fill=paint)
