@@ -1,0 +1,118 @@
+"""The report's model sections: training curves, test metrics and confusion matrix, cleaning lift."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import html_page as h
+from .config import DatasetConfig
+
+LIFT_FILE = "lift.json"
+TRAIN_FIGURES = ("val_accuracy", "val_loss", "best_epoch", "classes", "train_images", "val_images",
+                 "embed_images_per_second", "fine_tune_images_per_second", "seconds")
+TEST_FIGURES = ("accuracy", "macro_f1", "test_images", "seconds")
+
+
+def find_file(workdir: Path, *patterns: str) -> Path | None:
+    """The first file in the workdir (or its model/ or plots/ folder) matching a glob pattern."""
+    for pattern in patterns:
+        for folder in (workdir, workdir / "model", workdir / "plots"):
+            found = sorted(folder.glob(pattern))
+            if found:
+                return found[0]
+    return None
+
+
+def read_json(path: Path | None) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def flatten(data: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Scalar leaves of a nested dict as (dotted key, value), lists of scalars joined."""
+    rows: list[tuple[str, object]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows.extend(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            if all(not isinstance(v, (dict, list)) for v in value) and len(value) <= 12:
+                rows.append((name, ", ".join(map(str, value))))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def scalars(data: dict, keys=None) -> list[tuple[str, object]]:
+    """Numbers of a dict (the given keys in order when present, else every top-level number)."""
+    names = [k for k in keys if k in data] if keys else list(data)
+    return [(k.replace("_", " "), round(data[k], 4) if isinstance(data[k], float) else data[k])
+            for k in names if isinstance(data[k], (int, float)) and not isinstance(data[k], bool)]
+
+
+def per_class_table(per_class: dict) -> str:
+    """A table from {class: {metric: value}}."""
+    metrics = sorted({m for values in per_class.values() if isinstance(values, dict) for m in values})
+    rows = [[name, *[values.get(m) for m in metrics]] for name, values in per_class.items()
+            if isinstance(values, dict)]
+    return h.table(["class", *metrics], rows)
+
+
+def training_section(config: DatasetConfig, workdir: Path, runs: dict) -> str:
+    record = runs.get("train")
+    if record is None:
+        return h.missing(f"No model yet: run `curate train {config.name}`.")
+    summary = record.get("summary", {})
+    body = h.stats(scalars(summary, TRAIN_FIGURES) or scalars(summary))
+    if summary.get("best_phase"):
+        body += h.paragraph(f"Best epoch from the {summary['best_phase']} phase; backbone "
+                            f"{summary.get('backbone')} at {summary.get('image_size')} px on "
+                            f"{summary.get('device', '?')} ({summary.get('backend', '?')}).")
+    curves = find_file(workdir, "*curve*.png", "*history*.png", "training*.png")
+    body += h.plot(curves, "training curves") if curves else h.missing("No training-curves PNG found.")
+    settings = flatten(record.get("settings", {}))
+    if settings:
+        body += "<h3>Settings</h3>" + h.table(["setting", "value"], settings)
+    return body
+
+
+def evaluation_section(config: DatasetConfig, workdir: Path, runs: dict) -> str:
+    metrics = read_json(workdir / "metrics.json") or runs.get("evaluate", {}).get("summary")
+    if not metrics:
+        return h.missing(f"No test metrics yet: run `curate evaluate {config.name}`.")
+    body = h.stats(scalars(metrics, TEST_FIGURES) or scalars(metrics))
+    if isinstance(metrics.get("guard_on_test"), dict):
+        body += h.paragraph("The not-a-car / unsure guard on test cars: " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in flatten(metrics["guard_on_test"])) + ".")
+    confusion = find_file(workdir, "*confusion*.png")
+    body += ("<h3>Confusion matrix (test)</h3>" + h.plot(confusion, "confusion matrix") if confusion
+             else h.missing("No confusion-matrix PNG found."))
+    per_class = next((metrics[k] for k in ("per_class", "classes", "report") if
+                      isinstance(metrics.get(k), dict)), None)
+    if per_class:
+        body += "<h3>Per class (test)</h3>" + per_class_table(per_class)
+    wrong = find_file(workdir, "*misclass*.png", "*errors*.png")
+    if wrong:
+        body += "<h3>Misclassified test images</h3>" + h.plot(wrong, "misclassified examples")
+    return body
+
+
+def lift_section(config: DatasetConfig, workdir: Path) -> str:
+    lift = read_json(find_file(workdir, LIFT_FILE, "lift*.json"))
+    if not lift:
+        return h.missing(f"Cleaning lift not measured for this dataset: `python bench/lift_bench.py` "
+                         f"writes it to {workdir / LIFT_FILE}.")
+    return (h.paragraph("The same recipe trained on the raw data and on the cleaned data, both "
+                        "scored on the same clean test set.")
+            + h.stats(scalars(lift)) + h.table(["measure", "value"], flatten(lift)))
+
+
+def model_sections(config: DatasetConfig, workdir: Path, runs: dict) -> list[tuple[str, str, str]]:
+    workdir = Path(workdir)
+    return [("training", "Training", training_section(config, workdir, runs)),
+            ("evaluation", "Test metrics", evaluation_section(config, workdir, runs)),
+            ("lift", "Cleaning lift", lift_section(config, workdir))]
