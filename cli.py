@@ -187,5 +187,145 @@ def check_leaks(config: DatasetConfig, workdir: Path, quiet: bool, column):
     return leaks.check_leaks(workdir, column), leaks.describe_check
 
 
+# Plain constants for the option choices below; neither module imports anything heavy.
+from curation.config import BACKBONES  # noqa: E402
+from curation.pipeline import STEPS as PIPELINE_STEPS  # noqa: E402
+
+
+def _print_step(entry: dict) -> None:
+    """Progress of `run` and `demo` on stderr, so --json output stays clean."""
+    from curation.pipeline import describe_step
+
+    if entry["status"] == "running":
+        click.echo(f"[{entry['step']}] running ...", err=True)
+    else:
+        click.echo(describe_step(entry), err=True)
+
+
+def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, command: str, **options) -> dict:
+    """run_and_report with progress printing; a failed step or Ctrl-C becomes one clear message."""
+    from curation import pipeline
+
+    current = {}
+
+    def on_step(entry):
+        current["step"] = entry["step"]
+        if not quiet:
+            _print_step(entry)
+
+    try:
+        return pipeline.run_and_report(config, workdir, quiet=quiet, on_step=on_step, **options)
+    except pipeline.StepFailed as failed:
+        raise click.ClickException(pipeline.failure_message(failed, command)) from None
+    except KeyboardInterrupt:
+        raise click.ClickException(
+            f"interrupted during step '{current.get('step', 'scan')}'; finished steps and caches "
+            f"are kept: run `{command}` again to resume") from None
+
+
+@main.command()
+@dataset_command
+@click.option("--until", type=click.Choice(PIPELINE_STEPS), help="Stop after this step.")
+@click.option("--from", "from_step", type=click.Choice(PIPELINE_STEPS),
+              help="Re-run from this step on, even when cached (earlier steps must have run).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for flag-noise, split and train; same seed, same result.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: cores).")
+@click.option("--image-size", type=click.IntRange(32, 1024), help="Training image size "
+              "(default: datasets.yaml).")
+@click.option("--backbone", type=click.Choice(BACKBONES), help="Backbone (default: datasets.yaml).")
+@click.option("--weights", help="imagenet, none, or a no-top weights file "
+              "(default: datasets.yaml).")
+@click.option("--epochs", type=click.IntRange(0), help="Head epochs (default: datasets.yaml).")
+@click.option("--fine-tune-epochs", type=click.IntRange(0), help="Fine-tuning epochs.")
+@click.option("--batch-size", type=click.IntRange(1), help="Training batch size.")
+@click.option("--respect-given", is_flag=True,
+              help="Split: keep the folders' train/validation/test.")
+@click.option("--no-report", is_flag=True, help="Do not write <workdir>/report.html at the end.")
+def run(config: DatasetConfig, workdir: Path, quiet: bool, until, from_step, seed, workers,
+        image_size, backbone, weights, epochs, fine_tune_epochs, batch_size, respect_given,
+        no_report):
+    """Run scan → dedupe → flag-noise → split → train → evaluate, then write the report.
+
+    \b
+    Example: curate run stanford-cars-25
+             curate run swift-wagonr --until split
+             curate run stanford-cars-25 --from train --epochs 4
+    A step whose inputs and settings are unchanged since it last finished is skipped, so an
+    interrupted or failed run resumes where it stopped. Progress goes to stderr.
+    """
+    from curation import pipeline
+
+    config = pipeline.with_overrides(config, image_size=image_size, backbone=backbone,
+                                     weights=weights, epochs=epochs,
+                                     fine_tune_epochs=fine_tune_epochs, batch_size=batch_size)
+    settings = pipeline.RunSettings(seed=seed, workers=workers, respect_given=respect_given)
+    spec = click.get_current_context().params["dataset"]
+    command = f"curate run {spec}" + (
+        f" --workdir {workdir}" if workdir != config.default_workdir() else "")
+    summary = _pipeline(config, workdir, quiet, command, until=until, from_step=from_step,
+                        settings=settings, report=not no_report)
+    return summary, pipeline.describe
+
+
+@main.command()
+@dataset_command
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the HTML (default: <workdir>/report.html).")
+def report(config: DatasetConfig, workdir: Path, quiet: bool, out):
+    """Write one self-contained HTML page: health, duplicates and leaks, noise, splits, model.
+
+    \b
+    Example: curate report stanford-cars-25
+             curate report swift-wagonr --out ~/swift-report.html
+    Thumbnails and plots are embedded, so the file can be sent on its own. Sections whose
+    step has not run say which command fills them.
+    """
+    from curation import report as report_step
+
+    return report_step.build_report(config, workdir, out=out), report_step.describe
+
+
+@main.command()
+@click.option("--folder", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the demo writes its data and workdir (default: <temp>/curate-demo).")
+@click.option("--synthetic", is_flag=True,
+              help="Use the generated set even when $CURATE_DATA is set.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and steps.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.pass_context
+def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
+    """Run the whole pipeline on a small dataset in a few minutes and point at the report.
+
+    \b
+    Example: curate demo
+             CURATE_DATA=~/data CURATE_WEIGHTS=~/weights curate demo
+    Uses swift-wagonr from $CURATE_DATA when present; otherwise generates a small SYNTHETIC
+    set with planted duplicates, mislabels, off-topic and broken files. Weights come from
+    $CURATE_WEIGHTS, else a Keras download, else random init (with a note).
+    """
+    from curation import demo as demo_step
+    from curation import pipeline
+
+    folder = Path(folder) if folder else demo_step.default_folder()
+    try:
+        weights, weights_note = demo_step.choose_weights()
+        config, data_note = demo_step.demo_dataset(folder, synthetic=synthetic, seed=seed,
+                                                   config_path=ctx.obj["config_path"])
+    except EXPECTED_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    config = demo_step.demo_config(config, weights)
+    if not as_json:
+        click.echo(f"Demo data: {data_note}\nWeights: {weights_note}\nFolder: {folder}", err=True)
+    custom = folder != demo_step.default_folder()
+    command = "curate demo" + (f" --folder {folder}" if custom else "")
+    summary = _pipeline(config, folder / config.name, quiet or as_json, command,
+                        settings=pipeline.RunSettings(seed=seed))
+    summary.update(data=data_note, weights=weights_note,
+                   synthetic=demo_step.is_synthetic(config))
+    emit(summary, demo_step.describe, as_json)
+
+
 if __name__ == "__main__":
     sys.exit(main())
