@@ -327,5 +327,60 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
     emit(summary, demo_step.describe, as_json)
 
 
+@main.command()
+@dataset_command
+@click.option("--sync", "do_sync", is_flag=True,
+              help="Bring the reviewer's decisions back into the manifest (review_decision, "
+                   "review_label) instead of building and launching.")
+@click.option("--no-launch", is_flag=True, help="Only build or update the FiftyOne dataset.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5151, show_default=True,
+              help="Port the App listens on.")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address the App listens on (0.0.0.0 serves other machines too).")
+@click.option("--db-dir", type=click.Path(file_okay=False), envvar="CURATE_FO_DB_DIR",
+              help="Keep the FiftyOne database in this folder, served by a private mongod "
+                   "[env CURATE_FO_DB_DIR; default: FiftyOne's own database].")
+@click.option("--fo-dataset", envvar="CURATE_FO_DATASET",
+              help="FiftyOne dataset name [env CURATE_FO_DATASET; default: curate-<dataset>].")
+@click.option("--map-method", type=click.Choice(["auto", "umap", "tsne", "pca", "none"]),
+              default="auto", show_default=True,
+              help="2-D map of the cached embeddings (auto: umap if umap-learn is installed, "
+                   "else tsne).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 2-D map.")
+def review(config: DatasetConfig, workdir: Path, quiet: bool, do_sync, no_launch, port, address,
+           db_dir, fo_dataset, map_method, seed):
+    """Review flagged images in the FiftyOne App; --sync brings the decisions back.
+
+    \b
+    Example: curate review stanford-cars-25              # build, serve http://127.0.0.1:5151
+             curate review stanford-cars-25 --sync       # decisions -> manifest
+    \b
+    In the App, tag an image (tag icon above the grid or in the expanded view):
+      drop              leave it out of every split
+      keep              keep it although it was flagged
+      relabel:<class>   keep it as <class>, e.g. relabel:Audi (one of the dataset's classes)
+      relabel           keep it with the label flag-noise suggested
+    Editing ground_truth.label from Python (sample.ground_truth.label = "Audi"; sample.save())
+    counts as relabel too. Contradictory tags are listed by --sync and record nothing.
+    Saved views: flagged by score, flagged not yet decided, duplicate groups, groups crossing
+    splits, review decisions. Re-running updates the dataset in place and keeps review tags.
+    """
+    from curation import review as review_step
+    from curation.fiftyone_db import DatabaseError
+
+    try:
+        if do_sync:
+            summary = review_step.sync(config, workdir, fo_dataset=fo_dataset, db_dir=db_dir,
+                                       quiet=quiet)
+        else:
+            summary = review_step.review(
+                config, workdir, fo_dataset=fo_dataset, db_dir=db_dir, launch=not no_launch,
+                address=address, port=port, map_method=map_method, seed=seed, quiet=quiet,
+                announce=lambda text: click.echo(text, err=True))
+    except (DatabaseError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    return summary, review_step.describe
+
+
 if __name__ == "__main__":
     sys.exit(main())

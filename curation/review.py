@@ -1,0 +1,215 @@
+"""`curate review`: the flagged images in the FiftyOne App, and the reviewer's decisions brought back.
+
+`review` builds or updates the FiftyOne dataset (review_dataset) and serves the App until Ctrl-C;
+`sync` reads the reviewer's tags and edited labels back into the manifest columns
+`review_decision` (keep / drop / relabel) and `review_label` (rules in review_tags).
+"""
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .config import ConfigError, DatasetConfig
+from .fiftyone_db import dataset_name, fiftyone_database, import_fiftyone, port_in_use, resolve_db_dir
+from .manifest import (REVIEW_COLUMNS, merge_columns, read_manifest, record_run, workdir_lock,
+                       write_manifest)
+from .review_dataset import (WORKSPACE, build_dataset, compute_map, load_embeddings,
+                             resolve_map_method, save_problem_view, save_views)
+from .review_tags import DECISIONS, FLAG_TAGS, read_decisions
+
+DEFAULT_PORT = 5151
+DEFAULT_ADDRESS = "127.0.0.1"
+LISTED = 20
+
+
+# ---- the App --------------------------------------------------------------------------------
+
+def app_url(address: str, port: int, name: str, view_slug: str | None = None) -> str:
+    url = f"http://{address}:{port}/datasets/{urllib.parse.quote(name)}"
+    return url + (f"?view={urllib.parse.quote(view_slug)}" if view_slug else "")
+
+
+def wait_for_http(url: str, timeout: float = 120) -> int:
+    """Poll url until it answers; returns the HTTP status (TimeoutError after timeout seconds)."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if time.time() > deadline:
+                raise TimeoutError(f"the FiftyOne App did not answer at {url} in {timeout:.0f} s")
+            time.sleep(0.5)
+
+
+def serve_app(fo, dataset, *, address: str, port: int, announce: Callable[[str], None]) -> dict:
+    """Serve the App (the grid-and-map workspace when there is a map) until Ctrl-C."""
+    from fiftyone.core.utils import to_slug
+
+    spaces = dataset.load_workspace(WORKSPACE) if dataset.has_workspace(WORKSPACE) else None
+    session = fo.launch_app(dataset, spaces=spaces, remote=True, address=address, port=port,
+                            auto=False)
+    opened = time.time()
+    url = app_url(address, port, dataset.name)
+    try:
+        wait_for_http(url)
+        views = [f"  {v}: {app_url(address, port, dataset.name, to_slug(v))}"
+                 for v in dataset.list_saved_views()]
+        announce("\n".join([f"FiftyOne App: {url}", *views,
+                            "Tag images keep / drop / relabel:<class> (relabel alone takes the "
+                            "suggested label), then run `curate review DATASET --sync`.",
+                            "Ctrl-C stops the App."]))
+        session.wait(-1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        session.close()
+    return {"url": url, "app_seconds": round(time.time() - opened, 1)}
+
+
+# ---- the steps ------------------------------------------------------------------------------
+
+def review(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = None,
+           db_dir: str | Path | None = None, launch: bool = True,
+           address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT, map_method: str = "auto",
+           seed: int = 0, quiet: bool = False,
+           announce: Callable[[str], None] = print) -> dict:
+    """Build or update the review dataset from the manifest, then serve the App unless not launch."""
+    started = time.time()
+    name = dataset_name(config.name, fo_dataset)
+    method = resolve_map_method(map_method)
+    if launch and port_in_use(port, address):
+        raise ConfigError(f"port {port} on {address} is already in use (another FiftyOne App?): "
+                          f"choose a free one with --port")
+    folder = resolve_db_dir(db_dir)
+    with fiftyone_database(folder) as where:
+        fo = import_fiftyone()
+        fo.config.show_progress_bars = not quiet
+        with workdir_lock(workdir):
+            manifest = read_manifest(workdir, required=["path", "label", "readable"])
+            dataset, counts = build_dataset(fo, name, manifest, config.root.resolve())
+            views = save_views(fo, dataset)
+            mapped = compute_map(fo, dataset, load_embeddings(workdir), method, seed,
+                                 announce=None if quiet else announce)
+            summary = {"dataset": name, "database": where, **counts, "flags": _tag_counts(dataset),
+                       "decided": _decision_counts(dataset), "views": views, **mapped,
+                       "seconds": round(time.time() - started, 2)}
+            settings = {"fo_dataset": name, "db_dir": str(folder) if folder else None,
+                        "map_method": method, "seed": seed}
+            record_run(workdir, "review", settings=settings, summary=summary, started=started)
+        if launch:
+            announce(describe(summary))
+            summary.update(serve_app(fo, dataset, address=address, port=port, announce=announce))
+    return summary
+
+
+def sync(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = None,
+         db_dir: str | Path | None = None, quiet: bool = False) -> dict:
+    """Write the reviewer's decisions from the FiftyOne dataset into the manifest."""
+    started = time.time()
+    name = dataset_name(config.name, fo_dataset)
+    folder = resolve_db_dir(db_dir)
+    with fiftyone_database(folder) as where, workdir_lock(workdir):
+        fo = import_fiftyone()
+        fo.config.show_progress_bars = not quiet
+        if not fo.dataset_exists(name):
+            raise ConfigError(f"no FiftyOne dataset {name!r} in {where}: run "
+                              f"`curate review {config.name} --no-launch` first (same --db-dir "
+                              f"and --fo-dataset)")
+        dataset = fo.load_dataset(name)
+        manifest = read_manifest(workdir, required=["path", "label"])
+        samples = pd.DataFrame(dict(zip(
+            ["path", "tags", "current_label", "given_label", "suggested_label"],
+            dataset.values(["path", "tags", "ground_truth.label", "given_label",
+                            "suggested_label.label"]))))
+        classes = config.classes or sorted(manifest["label"].dropna().unique())
+        decided = read_decisions(samples, classes)
+        decided = decided[decided["path"].isin(manifest["path"])]
+        before = _review_columns(manifest)
+        after = before.set_index("path")
+        after.loc[decided["path"], REVIEW_COLUMNS] = decided.set_index("path")[REVIEW_COLUMNS]
+        after = after.reset_index()
+        write_manifest(merge_columns(manifest, after), workdir)
+        problems = decided[decided["review_problem"].notna()]
+        save_problem_view(dataset, problems["path"].tolist())
+        summary = _sync_summary(name, where, before, after, problems,
+                                unsynced=int((~manifest["path"].isin(samples["path"])).sum()),
+                                seconds=time.time() - started)
+        record_run(workdir, "review-sync", settings={"fo_dataset": name, "classes": list(classes)},
+                   summary=summary, started=started)
+    return summary
+
+
+def _review_columns(manifest: pd.DataFrame) -> pd.DataFrame:
+    """path + the manifest's review columns (all null before the first sync)."""
+    frame = pd.DataFrame({"path": manifest["path"]})
+    for column in REVIEW_COLUMNS:
+        frame[column] = (manifest[column] if column in manifest.columns else pd.NA)
+    return frame.astype({c: "string" for c in REVIEW_COLUMNS}).reset_index(drop=True)
+
+
+def _sync_summary(name, where, before, after, problems, *, unsynced, seconds) -> dict:
+    changed = (before[REVIEW_COLUMNS].fillna("") != after[REVIEW_COLUMNS].fillna("")).any(axis=1)
+    relabels = after[after["review_decision"] == "relabel"]
+    return {"synced": True, "dataset": name, "database": where,
+            "decisions": {d: int((after["review_decision"] == d).sum()) for d in DECISIONS},
+            "changed": int(changed.sum()),
+            "relabels": {p: lbl for p, lbl in zip(relabels["path"][:LISTED], relabels["review_label"])},
+            "problems": [{"path": p, "problem": m} for p, m in
+                         zip(problems["path"], problems["review_problem"])],
+            "not_in_dataset": unsynced, "seconds": round(seconds, 2)}
+
+
+def _tag_counts(dataset) -> dict:
+    counts = dataset.count_sample_tags()
+    return {tag: int(counts.get(tag, 0)) for tag in FLAG_TAGS}
+
+
+def _decision_counts(dataset) -> dict:
+    counts = Counter()
+    for tag, n in dataset.count_sample_tags().items():
+        word = tag.lower().split(":")[0]
+        if word in DECISIONS:
+            counts[word] += n
+    return {d: counts[d] for d in DECISIONS}
+
+
+def describe(summary: dict) -> str:
+    """A short human summary of a review build (and App session) or of a sync."""
+    if summary.get("synced"):
+        decisions = ", ".join(f"{k} {v}" for k, v in summary["decisions"].items())
+        lines = [f"Synced review decisions from FiftyOne dataset '{summary['dataset']}' into the "
+                 f"manifest: {decisions} ({summary['changed']} changed) in {summary['seconds']} s."]
+        lines += [f"  relabel {p} -> {lbl}" for p, lbl in summary["relabels"].items()]
+        if summary["problems"]:
+            lines.append(f"{len(summary['problems'])} images have unreadable review tags (no "
+                         f"decision recorded; see the saved view 'review problems'):")
+            lines += [f"  {p['path']}: {p['problem']}" for p in summary["problems"][:LISTED]]
+        if summary["not_in_dataset"]:
+            lines.append(f"{summary['not_in_dataset']} manifest rows have no sample "
+                         f"(unreadable, or new since the last build); their decisions are kept.")
+        return "\n".join(lines)
+    action = "Created" if summary["created"] else "Updated"
+    flags = ", ".join(f"{k} {v}" for k, v in summary["flags"].items())
+    decided = ", ".join(f"{k} {v}" for k, v in summary["decided"].items())
+    lines = [f"{action} FiftyOne dataset '{summary['dataset']}' in {summary['database']}: "
+             f"{summary['samples']} samples ({summary['added']} added, {summary['updated']} "
+             f"updated, {summary['removed']} removed) in {summary['seconds']} s.",
+             f"flags: {flags}; reviewer decisions so far: {decided}",
+             "saved views: " + ", ".join(summary["views"])]
+    if summary.get("map"):
+        reused = " (unchanged, reused)" if summary.get("map_reused") else ""
+        lines.append(f"embeddings map: {summary['map_method']} over {summary['map_samples']} "
+                     f"images{reused}; open the Embeddings panel, brain key '{summary['map']}'")
+    else:
+        lines.append(f"no embeddings map: {summary['map_reason']}")
+    if "url" in summary:
+        lines.append(f"App served at {summary['url']} for {summary['app_seconds']} s.")
+    return "\n".join(lines)
