@@ -22,7 +22,8 @@ th{background:#f1f4f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .stats{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0 12px}.stat{background:#f1f4f8;
 border-radius:6px;padding:6px 12px}.stat b{display:block;font-size:20px}
 .gallery{display:flex;flex-wrap:wrap;gap:8px;margin:4px 0 12px}.row{border-top:1px dashed #dde3ea;
-padding-top:6px}figure{margin:0;width:132px;font-size:11px;word-break:break-all}
+padding-top:6px}.cards{display:flex;flex-wrap:wrap;gap:10px}.card{border:1px solid #dde3ea;
+border-radius:6px;padding:4px 8px}.card .gallery{margin:4px 0}figure{margin:0;width:132px;font-size:11px;word-break:break-all}
 figure img{display:block;max-width:128px;max-height:128px;border:3px solid #ccc;border-radius:4px}
 figure.keeper img{border-color:#2e8b57}figure.flag img{border-color:#c0392b}
 figure.leak img{border-color:#d35400}img.plot{max-width:100%;border:1px solid #dde3ea}
@@ -82,10 +83,15 @@ def figure(src: str, caption_lines: Sequence[str], cls: str = "", title: str = "
             f"<figcaption>{caption}</figcaption></figure>")
 
 
-def gallery(figures: Iterable[str], title: str | None = None) -> str:
-    """A wrapping row of figures, with an optional heading line."""
+def gallery(figures: Iterable[str], title: str | None = None, cls: str = "row") -> str:
+    """A wrapping row of figures with an optional heading (cls 'card': a small box for cards())."""
     heading = f"<div><b>{esc(title)}</b></div>" if title else ""
-    return f'<div class="row">{heading}<div class="gallery">{"".join(figures)}</div></div>'
+    return f'<div class="{cls}">{heading}<div class="gallery">{"".join(figures)}</div></div>'
+
+
+def cards(items: Iterable[str]) -> str:
+    """Small galleries (e.g. one duplicate group each) side by side, wrapping."""
+    return f'<div class="cards">{"".join(items)}</div>'
 
 
 def section(anchor: str, title: str, body: str) -> str:

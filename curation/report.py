@@ -115,11 +115,12 @@ def _group_gallery(ctx: Context, members: pd.DataFrame, title: str, leak_splits=
         distance = getattr(row, "dup_distance", None) if ctx.has("dup_distance") else None
         where = row.given_split if isinstance(row.given_split, str) else ""
         lines = [short(row.path), f"{where} {'keeper' if keeper else ''}".strip()]
-        if distance is not None and pd.notna(distance) and not keeper:
-            lines.append(f"distance {distance}")
+        reason = getattr(row, "dup_reason", None) if ctx.has("dup_reason") else None
+        if not keeper and isinstance(reason, str):
+            lines.append(reason + (f", {int(distance)} bits" if pd.notna(distance) else ""))
         cls = "leak" if where in leak_splits else ("keeper" if keeper else "")
         figures.append(h.figure(ctx.thumb(row.path), lines, cls, row.path))
-    return h.gallery(figures, title)
+    return h.gallery(figures, title, cls="card")
 
 
 def duplicates_section(ctx: Context) -> str:
@@ -141,18 +142,19 @@ def duplicates_section(ctx: Context) -> str:
                                f"({report['leaking_images']} images) cross the given splits; "
                                f"groups per split pair: {pairs}. A test image with a copy in "
                                f"train inflates test accuracy."))
-        for group in leaking[:MAX_GROUPS]:
-            members = frame[frame["group"] == group]
-            body += _group_gallery(ctx, members, f"group {group}: "
-                                   + " + ".join(sorted(set(members["given_split"].dropna()))),
-                                   leak_splits=("test", "validation"))
+        body += h.cards(_group_gallery(ctx, frame[frame["group"] == group], f"group {group}",
+                                       leak_splits=("test", "validation"))
+                        for group in leaking[:MAX_GROUPS])
+        if len(leaking) > MAX_GROUPS:
+            body += h.paragraph(f"… and {len(leaking) - MAX_GROUPS} more groups: see "
+                                f"`curate check-leaks {ctx.config.name} --column given_split`.")
     others = [g for g in sizes.index if g not in set(leaking)][:MAX_GROUPS]
     if others:
         body += "<h3>Largest duplicate groups</h3>" + h.paragraph(
             "Green border: the keeper (most pixels, then least compressed, then path).")
-        for group in others:
-            body += _group_gallery(ctx, frame[frame["group"] == group],
-                                   f"group {int(group)}: {int(sizes[group])} images")
+        body += h.cards(_group_gallery(ctx, frame[frame["group"] == group],
+                                       f"group {int(group)}: {int(sizes[group])} images")
+                        for group in others)
     return body
 
 
@@ -227,7 +229,9 @@ def truth_section(ctx: Context, truth: dict) -> str:
             for name, value in scores.items() if isinstance(value, dict)]
     counts = [[name.replace("_", " "), value] for name, value in scores.items()
               if isinstance(value, int) and not isinstance(value, bool)]
-    body = h.paragraph(truth["notice"]) + h.table(["planted problem", "found", "planted", "rate"], rows)
+    body = h.paragraph("What this run found of the problems `curate demo` planted "
+                       "(listed in ground_truth.json beside the images).")
+    body += h.table(["planted problem", "found", "planted", "rate"], rows)
     return body + (h.table(["check", "count"], counts) if counts else "")
 
 

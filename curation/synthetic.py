@@ -280,5 +280,5 @@ def _share(frame: pd.DataFrame, paths: list[str], test) -> dict:
 
 
 def _ratio(found: int, planted: int) -> dict:
-    return {"found": int(found), "planted": int(planted),
-            "rate": round(found / planted, 3) if planted else None}
+    found, planted = int(found), int(planted)
+    return {"found": found, "planted": planted, "rate": round(found / planted, 3) if planted else None}
