@@ -18,7 +18,7 @@ from .synthetic import NOTICE, generate
 REAL_DEMO = "swift-wagonr"
 DEMO_BACKBONE = "mobilenet_v2"
 DEMO_IMAGE_SIZE = 96
-DEMO_TRAINING = TrainingSettings(epochs=3, fine_tune_epochs=2, batch_size=32, patience=2,
+DEMO_TRAINING = TrainingSettings(epochs=10, fine_tune_epochs=2, batch_size=32, patience=3,
                                  fine_tune_layers=20)
 
 

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 VEHICLE_CLASSES = ("sedan", "hatchback", "pickup", "suv", "minibus")
 SCENES = ("landscape", "portrait", "logo", "interior")
 # Base hue of each class's paint (0-1); the shape differs too, so colour alone is not the answer.
-_HUES = {"sedan": 0.0, "hatchback": 0.6, "pickup": 0.33, "suv": 0.08, "minibus": 0.15}
+_HUES = {"sedan": 0.0, "hatchback": 0.6, "pickup": 0.33, "suv": 0.8, "minibus": 0.15}
 # body height, cabin outline (fractions of the length, up from the body's top), wheel positions
 _GLASSHOUSES = {
     "sedan": (0.2, ((0.25, 0), (0.35, 0.16), (0.65, 0.16), (0.78, 0)), (0.2, 0.8)),
@@ -37,7 +37,7 @@ def background(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     base = np.where(mask, ground, sky)
     freq, phase = rng.uniform(0.03, 0.15, size=2), rng.uniform(0, 2 * np.pi, size=3)
     texture = np.stack([np.sin(freq[0] * xx + freq[1] * yy + p) for p in phase], axis=-1)
-    pixels = base + rng.uniform(20, 45) * texture + rng.normal(0, 6, size=(height, width, 3))
+    pixels = base + rng.uniform(15, 35) * texture + rng.normal(0, 6, size=(height, width, 3))
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(int(rng.integers(1, 4))):   # buildings / trees on the horizon
