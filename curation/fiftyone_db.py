@@ -46,16 +46,20 @@ def disable_tracking() -> None:
         sys.modules["fiftyone"].config.do_not_track = True
 
 
-def _not_deprecation_notice(record: logging.LogRecord) -> bool:
-    return "oldest supported major version of MongoDB" not in record.getMessage()
+_NOTICES = ("oldest supported major version of MongoDB", "App config option has been removed")
+
+
+def _not_a_notice(record: logging.LogRecord) -> bool:
+    return not any(notice in record.getMessage() for notice in _NOTICES)
 
 
 def import_fiftyone():
     """`import fiftyone` with analytics off (FiftyOne reads its config at import).
 
-    Its log messages go to stderr (curate's stdout carries the summary or JSON), and its notice
-    on every connection that MongoDB 6.0 is its oldest supported version is hidden: 6.0 is the
-    newest bundled mongod that runs offline on Debian 12 (docs/review.md).
+    Its log messages go to stderr (curate's stdout carries the summary or JSON). Two notices are
+    hidden: that MongoDB 6.0 is its oldest supported version (on every connection; 6.0 is the
+    newest bundled mongod that runs offline on Debian 12, docs/review.md), and that App options
+    a saved workspace carries were removed (they have no effect).
     """
     disable_tracking()
     import fiftyone
@@ -64,7 +68,8 @@ def import_fiftyone():
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
                 handler.setStream(sys.stderr)
-    logging.getLogger("fiftyone.core.odm.database").addFilter(_not_deprecation_notice)
+    for name in ("fiftyone.core.odm.database", "fiftyone.core.config"):
+        logging.getLogger(name).addFilter(_not_a_notice)
     return fiftyone
 
 

@@ -6,13 +6,15 @@
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -49,6 +51,20 @@ def wait_for_http(url: str, timeout: float = 120) -> int:
             time.sleep(0.5)
 
 
+@contextlib.contextmanager
+def _stoppable() -> Iterator[None]:
+    """Ctrl-C and SIGTERM both end the App the clean way, also where a shell ignores SIGINT."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def serve_app(fo, dataset, *, address: str, port: int, announce: Callable[[str], None]) -> dict:
     """Serve the App (the grid-and-map workspace when there is a map) until Ctrl-C."""
     from fiftyone.core.utils import to_slug
@@ -59,14 +75,15 @@ def serve_app(fo, dataset, *, address: str, port: int, announce: Callable[[str],
     opened = time.time()
     url = app_url(address, port, dataset.name)
     try:
-        wait_for_http(url)
-        views = [f"  {v}: {app_url(address, port, dataset.name, to_slug(v))}"
-                 for v in dataset.list_saved_views()]
-        announce("\n".join([f"FiftyOne App: {url}", *views,
-                            "Tag images keep / drop / relabel:<class> (relabel alone takes the "
-                            "suggested label), then run `curate review DATASET --sync`.",
-                            "Ctrl-C stops the App."]))
-        session.wait(-1)
+        with _stoppable():
+            wait_for_http(url)
+            views = [f"  {v}: {app_url(address, port, dataset.name, to_slug(v))}"
+                     for v in dataset.list_saved_views()]
+            announce("\n".join([f"FiftyOne App: {url}", *views,
+                                "Tag images keep / drop / relabel:<class> (relabel alone takes "
+                                "the suggested label), then run `curate review DATASET --sync`.",
+                                "Ctrl-C stops the App."]))
+            session.wait(-1)
     except KeyboardInterrupt:
         pass
     finally:

@@ -21,8 +21,9 @@ MAP_KEY = "curate_map"
 MAP_METHODS = ("auto", "umap", "tsne", "pca", "none")
 WORKSPACE = "grid and map"
 SCALAR_FIELDS = ["path", "given_label", "given_split", "split", "dup_group", "dup_group_size",
-                 "dup_keeper", "dup_of", "dup_distance", "noise_score", "noise_flag", "noise_reason",
-                 "leaks_given_split", "leaks_split"]
+                 "dup_keeper", "dup_of", "dup_distance", "dup_reason", "noise_score", "noise_flag",
+                 "noise_reason", "leaks_given_split", "leaks_split"]
+LABEL_FIELDS = ["suggested_label", "duplicate_group"]     # shown as Classification badges
 VIEW_NAMES = {"flagged": "flagged by score", "to_review": "flagged, not yet decided",
               "groups": "duplicate groups", "leaks": "groups crossing splits",
               "decided": "review decisions", "problems": "review problems"}
@@ -51,10 +52,10 @@ def _classification(fo, label):
     return fo.Classification(label=label) if isinstance(label, str) else None
 
 
-def _suggestions(fo, fields: pd.DataFrame) -> list:
-    if "suggested_label" not in fields.columns:
+def _classifications(fo, fields: pd.DataFrame, column: str) -> list:
+    if column not in fields.columns:
         return [None] * len(fields)
-    return [_classification(fo, _python(v)) for v in fields["suggested_label"]]
+    return [_classification(fo, _python(v)) for v in fields[column]]
 
 
 def _metadata(fo, fields: pd.DataFrame) -> list:
@@ -94,7 +95,7 @@ def build_dataset(fo, name: str, manifest: pd.DataFrame, root: Path) -> tuple[ob
 
 def _declare_fields(fo, dataset) -> None:
     """The fields `sync` reads exist even while every value is still None."""
-    for field in ("ground_truth", "suggested_label"):
+    for field in ("ground_truth", *LABEL_FIELDS):
         if not dataset.has_sample_field(field):
             dataset.add_sample_field(field, fo.EmbeddedDocumentField,
                                      embedded_doc_type=fo.Classification)
@@ -110,13 +111,14 @@ def _add_samples(fo, dataset, fields, values, is_new, manifest) -> None:
     decisions = [decision_tags(d, lbl) for d, lbl in zip(
         seeds.get("review_decision", pd.Series(index=seeds.index, dtype=object)),
         seeds.get("review_label", pd.Series(index=seeds.index, dtype=object)))]
-    suggested, metadata = _suggestions(fo, fields), _metadata(fo, fields)
+    labels = {name: _classifications(fo, fields, name) for name in LABEL_FIELDS}
+    metadata = _metadata(fo, fields)
     samples = []
     for i in np.flatnonzero(is_new):
         sample = fo.Sample(filepath=values["filepath"][i], tags=[*fields["flags"][i], *decisions[i]],
                            metadata=metadata[i],
                            ground_truth=_classification(fo, values["given_label"][i]),
-                           suggested_label=suggested[i])
+                           **{name: column[i] for name, column in labels.items()})
         for field, column in values.items():
             if field != "filepath":
                 sample[field] = column[i]
@@ -130,7 +132,7 @@ def _update_samples(fo, dataset, fields, values, is_new, existing) -> None:
         return
     ids = [existing[fields["path"][i]] for i in old]
     updates = {**values, "metadata": _metadata(fo, fields),
-               "suggested_label": _suggestions(fo, fields)}
+               **{name: _classifications(fo, fields, name) for name in LABEL_FIELDS}}
     for field in set(SCALAR_FIELDS) - set(values) - {"path"}:
         if dataset.has_sample_field(field):
             updates[field] = [None] * len(fields)       # the manifest no longer has this column

@@ -29,7 +29,7 @@ _REASON_TAGS = {"non_car": "non_car", "noncar": "non_car", "not_car": "non_car",
                 "mislabel": "mislabel", "mislabeled": "mislabel", "mislabelled": "mislabel",
                 "label_issue": "mislabel", "outlier": "outlier"}
 FIELD_COLUMNS = ["given_split", "split", "dup_group", "dup_keeper", "dup_of", "dup_distance",
-                 "noise_score", "noise_flag", "noise_reason", "suggested_label"]
+                 "dup_reason", "noise_score", "noise_flag", "noise_reason", "suggested_label"]
 
 
 def reason_tags(reason) -> list[str]:
@@ -53,6 +53,14 @@ def group_sizes(groups: pd.Series) -> pd.Series:
     return counts.fillna(1).astype("int64")
 
 
+def group_badges(groups: pd.Series, keepers: pd.Series) -> pd.Series:
+    """'group 7' / 'group 7 keeper' for members of real groups, so tiles show where groups part."""
+    sizes = group_sizes(groups)
+    badges = "group " + groups.astype("string") + keepers.fillna(False).map({True: " keeper",
+                                                                               False: ""})
+    return badges.where(sizes > 1).astype("string")
+
+
 def flag_tags(frame: pd.DataFrame) -> list[list[str]]:
     """The flag tags of each row: `duplicate` for a non-keeper in a group of two or more,
     and `non_car` / `mislabel` / `outlier` from `noise_reason` where `noise_flag` is set."""
@@ -73,8 +81,9 @@ def sample_fields(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per readable image: the values curate writes onto its FiftyOne sample.
 
     Columns: path, label, width, height, bytes, every FIELD_COLUMNS column the manifest has,
-    and flags (list of FLAG_TAGS); with duplicate groups also dup_group_size and
-    leaks_given_split / leaks_split (the image's group spans two splits).
+    and flags (list of FLAG_TAGS); with duplicate groups also dup_group_size,
+    duplicate_group (the tile badge) and leaks_given_split / leaks_split (the image's group spans
+    two splits).
     """
     rows = manifest[manifest["readable"].astype("boolean").fillna(False)].reset_index(drop=True)
     present = [c for c in FIELD_COLUMNS if c in rows.columns]
@@ -83,6 +92,7 @@ def sample_fields(manifest: pd.DataFrame) -> pd.DataFrame:
     if "dup_group" in rows.columns:
         groups = rows["dup_group"].astype("Int64")
         fields["dup_group_size"] = group_sizes(groups)
+        fields["duplicate_group"] = group_badges(groups, _column(rows, "dup_keeper", "boolean"))
         for split_column in ("given_split", "split"):
             if split_column in rows.columns and rows[split_column].notna().any():
                 fields[f"leaks_{split_column}"] = leaking_mask(groups, rows[split_column])

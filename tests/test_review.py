@@ -2,6 +2,8 @@
 re-runs that keep review tags, the embeddings map, and the App served and rendered."""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import re
@@ -73,6 +75,7 @@ def test_build_review_sync_round_trip_and_split_obeys(fo, flagged):
     assert sample.filepath == str(config.root / "alpha/1.jpg") and os.path.isfile(sample.filepath)
     assert sample.ground_truth.label == "alpha" and sample.tags == ["duplicate"]
     assert sample.leaks_given_split and sample.metadata.width == 160
+    assert sample.duplicate_group.label == "group 0"
     flagged_view = dataset.load_saved_view("flagged by score")
     assert flagged_view.values("path") == ["gamma/3.jpg", "beta/3.jpg", "alpha/1.jpg"]
     assert dataset.load_saved_view("duplicate groups").values("path") == ["alpha/0.jpg", "alpha/1.jpg"]
@@ -179,9 +182,14 @@ def test_round_trip_on_real_photos(fo, curate_data, tmp_path):
     config = DatasetConfig(name="swift-wagonr", root=root)
     workdir = tmp_path / "work"
     scan(config, workdir, quiet=True)
+    if importlib.util.find_spec("curation.dedupe"):
+        importlib.import_module("curation.dedupe").dedupe(config, workdir, quiet=True)
     summary = review(config, workdir, launch=False, map_method="none", fo_dataset="real")
     assert summary["samples"] == 300
     dataset = fo.load_dataset("real")
+    if importlib.util.find_spec("curation.dedupe"):     # its train/test folders share near-copies
+        assert summary["flags"]["duplicate"] > 0
+        assert len(dataset.load_saved_view("groups crossing splits")) > 0
     first, second = dataset.match(fo.ViewField("given_label") == "swift").limit(2).values("path")
     _tag(dataset, first, "drop")
     _tag(dataset, second, "relabel:wagonr")

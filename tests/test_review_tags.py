@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from curation.review_tags import (decision_tags, flag_tags, read_decision, read_decisions,
-                                  reason_tags, sample_fields)
+from curation.review_tags import (decision_tags, flag_tags, group_badges, read_decision,
+                                  read_decisions, reason_tags, sample_fields)
 
 CLASSES = ["Audi", "Swift", "TataSafari"]
 
@@ -48,6 +48,8 @@ def test_sample_fields_skip_unreadable_and_mark_groups_crossing_splits():
     assert list(fields["leaks_split"]) == [False, False, False, False]   # excluded never leaks
     assert list(fields["dup_group_size"]) == [2, 2, 2, 2]
     assert list(fields["flags"]) == [[], ["duplicate"], [], ["duplicate"]]
+    assert list(fields["duplicate_group"]) == ["group 0 keeper", "group 0", "group 1 keeper",
+                                               "group 1"]
 
 
 def test_sample_fields_of_a_bare_scan_have_no_group_columns():
@@ -55,6 +57,13 @@ def test_sample_fields_of_a_bare_scan_have_no_group_columns():
                              "given_split": [None]})
     fields = sample_fields(manifest)
     assert "dup_group_size" not in fields and "leaks_given_split" not in fields
+
+
+def test_group_badges_only_for_groups_of_two_or_more():
+    groups = pd.Series(pd.array([3, 3, 5, None], dtype="Int64"))
+    keepers = pd.Series(pd.array([False, True, True, None], dtype="boolean"))
+    badges = group_badges(groups, keepers)
+    assert badges.tolist()[:2] == ["group 3", "group 3 keeper"] and badges[2:].isna().all()
 
 
 @pytest.mark.parametrize("tags, current, suggested, expected", [
