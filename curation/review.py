@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -33,8 +34,9 @@ LISTED = 20
 
 # ---- the App --------------------------------------------------------------------------------
 
-def app_url(address: str, port: int, name: str, view_slug: str | None = None) -> str:
-    url = f"http://{address}:{port}/datasets/{urllib.parse.quote(name)}"
+def app_url(host: str, port: int, name: str, view_slug: str | None = None) -> str:
+    """The App's URL for a dataset (and saved view)."""
+    url = f"http://{host}:{port}/datasets/{urllib.parse.quote(name)}"
     return url + (f"?view={urllib.parse.quote(view_slug)}" if view_slug else "")
 
 
@@ -73,11 +75,13 @@ def serve_app(fo, dataset, *, address: str, port: int, announce: Callable[[str],
     session = fo.launch_app(dataset, spaces=spaces, remote=True, address=address, port=port,
                             auto=False)
     opened = time.time()
-    url = app_url(address, port, dataset.name)
+    wildcard = address in ("0.0.0.0", "::", "")
+    host = socket.gethostname() if wildcard else address      # what another machine types
+    url = app_url(host, port, dataset.name)
     try:
         with _stoppable():
-            wait_for_http(url)
-            views = [f"  {v}: {app_url(address, port, dataset.name, to_slug(v))}"
+            wait_for_http(app_url("127.0.0.1" if wildcard else address, port, dataset.name))
+            views = [f"  {v}: {app_url(host, port, dataset.name, to_slug(v))}"
                      for v in dataset.list_saved_views()]
             announce("\n".join([f"FiftyOne App: {url}", *views,
                                 "Tag images keep / drop / relabel:<class> (relabel alone takes "
