@@ -128,7 +128,7 @@ def scan(config: DatasetConfig, workdir: Path, quiet: bool, workers, max_pixels)
 @click.option("--respect-given", is_flag=True, help="Keep the folders' train/validation/test "
               "split and report duplicate groups that cross it.")
 @click.option("--fix-leaks", is_flag=True, help="With --respect-given: move each crossing group "
-              "whole into its keeper's split (else the first of train, val, test it touches).")
+              "whole into the first of train, val, test it touches.")
 @click.option("--reshuffle", is_flag=True, help="Re-split every image (default: images that "
               "already have a split keep it; only new ones are placed).")
 @click.option("--materialize", type=click.Path(file_okay=False, path_type=Path),
@@ -202,10 +202,27 @@ def _print_step(entry: dict) -> None:
         click.echo(describe_step(entry), err=True)
 
 
-def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, command: str, **options) -> dict:
+def _command_line(ctx: click.Context) -> str:
+    """The command as the user typed it (options left at their default omitted), to resume with."""
+    import shlex
+
+    parts = [f"curate {ctx.info_name}"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in ("as_json", "quiet") or value in (None, False, ()) or value == param.default:
+            continue
+        if isinstance(param, click.Argument):
+            parts.append(shlex.quote(str(value)))
+        else:
+            parts.append(param.opts[0] if param.is_flag else f"{param.opts[0]} {shlex.quote(str(value))}")
+    return " ".join(parts)
+
+
+def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, **options) -> dict:
     """run_and_report with progress printing; a failed step or Ctrl-C becomes one clear message."""
     from curation import pipeline
 
+    command = _command_line(click.get_current_context())
     current = {}
 
     def on_step(entry):
@@ -260,10 +277,7 @@ def run(config: DatasetConfig, workdir: Path, quiet: bool, until, from_step, see
                                      weights=weights, epochs=epochs,
                                      fine_tune_epochs=fine_tune_epochs, batch_size=batch_size)
     settings = pipeline.RunSettings(seed=seed, workers=workers, respect_given=respect_given)
-    spec = click.get_current_context().params["dataset"]
-    command = f"curate run {spec}" + (
-        f" --workdir {workdir}" if workdir != config.default_workdir() else "")
-    summary = _pipeline(config, workdir, quiet, command, until=until, from_step=from_step,
+    summary = _pipeline(config, workdir, quiet, until=until, from_step=from_step,
                         settings=settings, report=not no_report)
     return summary, pipeline.describe
 
@@ -318,9 +332,7 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
     config = demo_step.demo_config(config, weights)
     if not as_json:
         click.echo(f"Demo data: {data_note}\nWeights: {weights_note}\nFolder: {folder}", err=True)
-    custom = folder != demo_step.default_folder()
-    command = "curate demo" + (f" --folder {folder}" if custom else "")
-    summary = _pipeline(config, folder / config.name, quiet or as_json, command,
+    summary = _pipeline(config, folder / config.name, quiet or as_json,
                         settings=pipeline.RunSettings(seed=seed))
     summary.update(data=data_note, weights=weights_note,
                    synthetic=demo_step.is_synthetic(config))
@@ -380,6 +392,113 @@ def review(config: DatasetConfig, workdir: Path, quiet: bool, do_sync, no_launch
     except (DatabaseError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from None
     return summary, review_step.describe
+
+
+TRAINING_OPTIONS = [  # (flag, TrainingSettings field, click type, help)
+    ("--epochs", "epochs", click.IntRange(1), "Head-phase epochs (backbone frozen)."),
+    ("--fine-tune-epochs", "fine_tune_epochs", click.IntRange(0), "Fine-tuning epochs (0: head only)."),
+    ("--batch-size", "batch_size", click.IntRange(1), "Images per step."),
+    ("--learning-rate", "learning_rate", click.FloatRange(0, min_open=True), "Head-phase Adam rate."),
+    ("--fine-tune-learning-rate", "fine_tune_learning_rate", click.FloatRange(0, min_open=True),
+     "Fine-tuning Adam rate."),
+    ("--fine-tune-layers", "fine_tune_layers", click.IntRange(0),
+     "Backbone layers unfrozen from the top (BatchNorm stays frozen)."),
+    ("--dropout", "dropout", click.FloatRange(0, 1, max_open=True), "Dropout before the classifier."),
+    ("--label-smoothing", "label_smoothing", click.FloatRange(0, 1, max_open=True), "Label smoothing."),
+    ("--patience", "patience", click.IntRange(1), "Epochs without a better val score before stopping."),
+]
+
+
+def training_options(func):
+    """The TrainingSettings options; unset ones keep the datasets.yaml value."""
+    for flag, field, kind, text in reversed(TRAINING_OPTIONS):
+        func = click.option(flag, field, type=kind, default=None,
+                            help=f"{text} [default: from datasets.yaml]")(func)
+    return click.option("--augment/--no-augment", default=None,
+                        help="Flip/crop/rotate/colour augmentation while fine-tuning.")(func)
+
+
+@main.command()
+@dataset_command
+@training_options
+@click.option("--backbone", type=click.Choice(BACKBONES), help="ImageNet backbone [default: datasets.yaml].")
+@click.option("--weights", help="imagenet ($CURATE_WEIGHTS file, else download), a no-top weights "
+              "file, or none.")
+@click.option("--image-size", type=click.IntRange(32, 1024), help="Square input size in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds shuffling, augmentation, init.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Decode processes (default: cores).")
+def train(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weights, image_size, seed,
+          workers, **overrides):
+    """Train a make/model classifier on the train split, picking the best epoch on val.
+
+    \b
+    Example: curate train stanford-cars-25 --epochs 10 --fine-tune-epochs 12
+             KERAS_BACKEND=jax curate train swift-wagonr --image-size 192
+    A frozen-backbone head phase, then fine-tuning of the top layers with augmentation.
+    Writes <workdir>/model/: model.keras, labels.json, ood.json, history.csv, curves.png, logs/.
+    The test split is never read.
+    """
+    from training import train as train_step
+
+    summary = train_step.train(config, workdir, overrides=overrides, backbone=backbone,
+                               weights=weights, image_size=image_size, seed=seed, workers=workers,
+                               quiet=quiet)
+    return summary, train_step.describe
+
+
+@main.command()
+@dataset_command
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Trained model folder (default: <workdir>/model).")
+@click.option("--ood-folder", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of images of no trained class (e.g. non-cars): report how often "
+              "the guard flags them.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 256), help="Decode processes (default: cores).")
+def evaluate(config: DatasetConfig, workdir: Path, quiet: bool, model_dir, ood_folder, batch_size,
+             workers):
+    """Score the trained model on the test split: accuracy, macro-F1, per class, plots.
+
+    \b
+    Example: curate evaluate stanford-cars-25 --ood-folder $CURATE_DATA/non-car
+    Writes metrics.json, confusion.png, misclassified.png and predictions.csv to the workdir
+    (with --model-dir: beside that model, so scoring another model never overwrites this one's).
+    """
+    from training import evaluate as evaluate_step
+
+    try:
+        summary = evaluate_step.evaluate(config, workdir, model_dir=model_dir, ood_folder=ood_folder,
+                                         batch_size=batch_size, workers=workers, quiet=quiet)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    return summary, evaluate_step.describe
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", "-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--min-confidence", type=click.FloatRange(0, 1),
+              help="Below this top probability the answer is 'unsure' (default: calibrated on val).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def predict(model_dir: Path, images, top_k, min_confidence, as_json):
+    """Name the make/model in photos, or answer 'not a car' / 'unsure'.
+
+    \b
+    Example: curate predict .curate/stanford-cars-25/model car1.jpg car2.png --top-k 5
+    MODEL_DIR is a model folder (or a workdir holding model/). An image far from every trained
+    class (embedding distance, threshold calibrated on val) is 'not a car'; one whose top
+    probability is below --min-confidence is 'unsure'. Unreadable files get an error entry.
+    """
+    from training import predict as predict_step
+
+    if not (model_dir / "model.keras").exists() and (model_dir / "model" / "model.keras").exists():
+        model_dir = model_dir / "model"
+    try:
+        results = predict_step.predict(model_dir, images, k=top_k, min_confidence=min_confidence)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    emit(results, predict_step.describe, as_json)
 
 
 if __name__ == "__main__":

@@ -62,27 +62,21 @@ def unit_codes(groups) -> np.ndarray:
     return codes
 
 
-def unify_groups(splits, groups, keepers=None) -> np.ndarray:
-    """Move every group spread over several splits to one: its keeper's split, else train-first.
+def unify_groups(splits, groups) -> np.ndarray:
+    """Move every group spread over several splits into the first of train, val, test it touches.
 
-    Cells outside train/val/test (null, excluded) are left alone and never decide; a group with no
-    assigned member stays unassigned. Returns split names (object array, None where unassigned).
+    Resolving a leak this way only ever takes images out of val/test, never adds look-alikes of
+    training images to them. Cells outside train/val/test (null, excluded) never decide; a group
+    with no assigned member stays unassigned. Returns split names (object array, None = unassigned).
     """
     names = pd.Series(splits, dtype="string").reset_index(drop=True)
-    rank = names.map({s: i for i, s in enumerate(SPLITS)}).astype("float").fillna(np.inf).to_numpy()
-    keeper = (np.zeros(len(names), bool) if keepers is None
-              else pd.Series(keepers, dtype="boolean").fillna(False).to_numpy(bool))
-    frame = pd.DataFrame({"unit": unit_codes(groups), "rank": rank,
-                          "keeper_rank": np.where(keeper, rank, np.inf)})
-    per_unit = frame.groupby("unit").agg(rank=("rank", "min"), keeper_rank=("keeper_rank", "min"))
-    chosen = per_unit["keeper_rank"].where(np.isfinite(per_unit["keeper_rank"]), per_unit["rank"])
-    unit_rank = chosen.reindex(frame["unit"]).to_numpy()
-    options = np.array([*SPLITS, None], dtype=object)
-    return options[np.where(np.isfinite(unit_rank), unit_rank, len(SPLITS)).astype(int)]
+    rank = names.map({s: i for i, s in enumerate(SPLITS)}).astype("float").fillna(len(SPLITS))
+    unit_rank = rank.groupby(unit_codes(groups)).transform("min").to_numpy().astype(int)
+    return np.array([*SPLITS, None], dtype=object)[unit_rank]
 
 
-def assign_splits(labels, groups=None, ratios=(0.7, 0.15, 0.15), seed: int = 0, previous=None, *,
-                  keepers=None) -> np.ndarray:
+def assign_splits(labels, groups=None, ratios=(0.7, 0.15, 0.15), seed: int = 0,
+                  previous=None) -> np.ndarray:
     """The split name of each image: stratified by label, one split per duplicate group, seeded.
 
     labels: class per image (no nulls). groups: duplicate group id per image (null = unique).
@@ -97,7 +91,7 @@ def assign_splits(labels, groups=None, ratios=(0.7, 0.15, 0.15), seed: int = 0, 
     n = len(labels)
     units = unit_codes(groups if groups is not None else [None] * n)
     fixed = unify_groups(previous if previous is not None else [None] * n,
-                         pd.Series(units, dtype="Int64"), keepers)
+                         pd.Series(units, dtype="Int64"))
     classes, class_index = np.unique(labels.to_numpy(dtype=str), return_inverse=True)
     targets = target_counts(np.bincount(class_index, minlength=len(classes)), ratios, seed)
     split_of = np.array([SPLITS.index(s) if s is not None else -1 for s in fixed], dtype=np.int64)
@@ -230,9 +224,8 @@ def split(config: DatasetConfig, workdir: Path, *, ratios=None, seed: int = 0,
                                                        keep_duplicates=keep_duplicates)
         own = _starting_splits(frame, workdir, settings)
         used = frame["split_excluded_by"].isna().to_numpy()
-        start = unify_groups(own, groups, keepers)
-        assigned = assign_splits(frame["split_label"][used], groups[used], ratios, seed,
-                                 start[used], keepers=keepers[used])
+        start = unify_groups(own, groups)
+        assigned = assign_splits(frame["split_label"][used], groups[used], ratios, seed, start[used])
         if respect_given and not fix_leaks:
             assigned = np.where(own[used].notna(), own[used].to_numpy(object), assigned)
         frame["split"] = EXCLUDED

@@ -106,13 +106,11 @@ def test_leftovers_of_many_small_classes_spread_over_val_and_test():
     assert targets[:, 1].sum() == targets[:, 2].sum() == 20
 
 
-def test_conflicting_group_goes_to_its_keeper_else_train_first():
-    groups = pd.array([1, 1, 1, 2, 2, None], dtype="Int64")
-    previous = ["test", "val", None, "test", "val", "test"]
-    keepers = [False, True, False, False, False, False]
-    assert list(unify_groups(previous, groups, keepers)) == ["val", "val", "val", "val", "val", "test"]
-    assert list(unify_groups(previous, groups)) == ["val", "val", "val", "val", "val", "test"]
-    assert list(unify_groups(["excluded", "test"], pd.array([3, 3], dtype="Int64"))) == ["test", "test"]
+def test_conflicting_group_goes_to_the_first_split_it_touches():
+    groups = pd.array([1, 1, 1, 2, 2, 3, 3, None, None], dtype="Int64")
+    previous = ["test", "val", None, "test", "train", "excluded", None, "test", None]
+    assert list(unify_groups(previous, groups)) == ["val", "val", "val", "train", "train", None, None,
+                                                    "test", None]
 
 
 def test_group_with_a_previous_split_pulls_its_new_members_along():
@@ -232,10 +230,10 @@ def test_added_images_are_placed_and_old_ones_stay(scanned, make_image):
 
 def test_respect_given_reports_and_fixes_crossing_groups(tmp_path, make_image):
     root = tmp_path / "data"
-    for given in ("train", "validation", "test"):
-        for label in ("swift", "wagonr"):
+    for g, given in enumerate(("train", "validation", "test")):
+        for c, label in enumerate(("swift", "wagonr")):
             for i in range(4):
-                make_image(root / given / label / f"{i}.jpg", seed=hash((given, label, i)) % 10_000)
+                make_image(root / given / label / f"{i}.jpg", seed=100 * g + 10 * c + i)
     shutil.copy(root / "train" / "swift" / "0.jpg", root / "test" / "swift" / "dup.jpg")
     config = DatasetConfig(name="given", root=root, layout="split_class_folders")
     scan(config, tmp_path / "w", workers=1, quiet=True)
@@ -247,9 +245,9 @@ def test_respect_given_reports_and_fixes_crossing_groups(tmp_path, make_image):
     fixed = split(config, tmp_path / "w", respect_given=True, keep_duplicates=True, fix_leaks=True,
                   quiet=True)
     result = read_manifest(tmp_path / "w").set_index("path")["split"]
-    keeper_split = result["test/swift/dup.jpg"]       # sha256 keeper: first path of the group
-    assert result["train/swift/0.jpg"] == keeper_split == "test"
+    assert result["train/swift/0.jpg"] == result["test/swift/dup.jpg"] == "train"
     assert fixed["leaks"]["leaking_groups"] == 0 and fixed["moved"] == 1
+    assert fixed["splits"] == {"train": 9, "val": 8, "test": 8, "excluded": 0}
     assert fixed["given_leaks"]["pairs"] == {"train/test": 1}
 
     default = split(config, tmp_path / "w", respect_given=True, quiet=True)
