@@ -501,5 +501,38 @@ def predict(model_dir: Path, images, top_k, min_confidence, as_json):
     emit(results, predict_step.describe, as_json)
 
 
+@main.command()
+@dataset_command
+@click.option("--hash", "kinds", default="phash,dhash", show_default=True,
+              help="Perceptual hashes, comma-separated from phash, dhash, whash, ahash. The first "
+                   "one is searched; with several, every one must be within its threshold.")
+@click.option("--threshold", type=click.IntRange(0, 64),
+              help="Largest Hamming distance (bits) for every hash. Default: measured per hash "
+                   "(phash,dhash: 8 each; phash alone: 6), see docs/dedupe.md.")
+@click.option("--no-mirror", is_flag=True, help="Do not count mirrored copies as duplicates.")
+@click.option("--workers", type=click.IntRange(1, 256), help="Processes (default: cores).")
+@click.option("--sheet-groups", type=click.IntRange(0, 500), default=12, show_default=True,
+              help="Largest groups drawn in <workdir>/dupes.png.")
+def dedupe(config: DatasetConfig, workdir: Path, quiet: bool, kinds, threshold, no_mirror,
+           workers, sheet_groups):
+    """Find exact and near-duplicate photos, keep one per group, and report train/test leaks.
+
+    \b
+    Example: curate dedupe indian-cars-7
+             curate dedupe stanford-cars-25 --hash phash --threshold 6 --no-mirror
+    Exact: same bytes, or same pixels in another file format. Near: resized, re-compressed,
+    cropped by a few percent, brightened, watermarked or mirrored copies. The keeper of each
+    group has the most pixels, then the most bytes per pixel, then the first path. Adds hash
+    columns and dup_group, dup_keeper, dup_of, dup_distance, dup_reason to the manifest and
+    writes dupes.csv and dupes.png; a re-run only hashes new or changed files.
+    """
+    from curation import dedupe as dedupe_step
+
+    summary = dedupe_step.dedupe(config, workdir, kinds=kinds, threshold=threshold,
+                                 mirror=not no_mirror, workers=workers,
+                                 sheet_groups=sheet_groups, quiet=quiet)
+    return summary, dedupe_step.describe
+
+
 if __name__ == "__main__":
     sys.exit(main())
