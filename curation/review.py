@@ -117,7 +117,7 @@ def review(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = Non
             manifest = read_manifest(workdir, required=["path", "label", "readable"])
             dataset, counts = build_dataset(fo, name, manifest, config.root.resolve())
             views = save_views(fo, dataset)
-            mapped = compute_map(fo, dataset, load_embeddings(workdir), method, seed,
+            mapped = compute_map(fo, dataset, load_embeddings(workdir, manifest), method, seed,
                                  announce=None if quiet else announce)
             summary = {"dataset": name, "database": where, **counts, "flags": _tag_counts(dataset),
                        "decided": _decision_counts(dataset), "views": views, **mapped,

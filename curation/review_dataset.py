@@ -179,13 +179,17 @@ def save_problem_view(dataset, paths: list[str]) -> None:
 
 # ---- embeddings map -------------------------------------------------------------------------
 
-def load_embeddings(workdir: Path) -> dict[str, np.ndarray] | None:
-    """Cached image embeddings by manifest path, when `curate embed` (curation.embed) made them."""
-    if importlib.util.find_spec("curation.embed") is None:
+def load_embeddings(workdir: Path, manifest: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """The embeddings flag-noise cached, by manifest path (no model is loaded); None without."""
+    if importlib.util.find_spec("curation.embed") is None:   # a checkout without the embed step
         return None
-    from . import embed
+    from .embed import load_cached_embeddings
 
-    return embed.load_cached_embeddings(workdir)
+    vectors = load_cached_embeddings(workdir, manifest)
+    if vectors is None or not vectors.size:
+        return None
+    found = ~np.isnan(vectors).any(axis=1)
+    return dict(zip(manifest["path"].astype(str)[found], vectors[found]))
 
 
 def resolve_map_method(method: str) -> str:
@@ -218,7 +222,7 @@ def compute_map(fo, dataset, embeddings: dict | None, method: str, seed: int,
 
     if method == "none" or not embeddings:
         return {"map": None, "map_reason": "method none" if method == "none" else
-                "no cached embeddings (run `curate embed` or flag-noise first)"}
+                "no cached embeddings (run `curate flag-noise` first)"}
     ids_by_path = dict(zip(*dataset.values(["path", "id"])))
     paths = sorted(p for p in embeddings if p in ids_by_path)
     if len(paths) < 5:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw
 from cli import main
 from curation.config import DatasetConfig
 from curation.fiftyone_db import free_port, import_fiftyone, port_in_use, temporary_database
-from curation.manifest import read_manifest, read_run, write_manifest
+from curation.manifest import read_manifest, read_run, record_run, write_manifest
 from curation.review import describe, review, sync, wait_for_http
 from curation.review_dataset import MAP_KEY, WORKSPACE, compute_map
 from curation.scan import scan
@@ -143,20 +144,33 @@ def test_rerun_updates_in_place_and_a_new_dataset_starts_from_the_manifest(fo, f
     assert fresh["beta/3.jpg"] == ["relabel:gamma"] and fresh["alpha/2.jpg"] == ["drop"]
 
 
-def test_embeddings_map_is_computed_once_from_precomputed_vectors(fo, flagged):
+def test_embeddings_map_from_the_flag_noise_cache_is_computed_once(fo, flagged):
+    embed = pytest.importorskip("curation.embed")
     config, workdir = flagged
-    review(config, workdir, launch=False, map_method="none", fo_dataset="mapped")
-    dataset = fo.load_dataset("mapped")
-    paths = dataset.values("path")
+    manifest = read_manifest(workdir)
+    readable = manifest[manifest["readable"]].reset_index(drop=True)
+    centres = {"alpha": 0.0, "beta": 6.0, "gamma": 12.0}
     rng = np.random.default_rng(0)
-    centres = {"alpha": 0.0, "beta": 5.0, "gamma": 10.0}
-    embeddings = {p: rng.normal(centres[p.split("/")[0]], 1.0, size=32) for p in paths}
-    result = compute_map(fo, dataset, embeddings, "tsne", seed=0)
-    assert result["map"] == MAP_KEY and result["map_samples"] == 12 and not result["map_reused"]
-    points = dataset.load_brain_results(MAP_KEY).current_points
-    assert points.shape == (12, 2) and dataset.has_workspace(WORKSPACE)
-    assert compute_map(fo, dataset, embeddings, "tsne", seed=0)["map_reused"]
-    assert compute_map(fo, dataset, embeddings, "pca", seed=0)["map_reused"] is False
+    vectors = np.stack([rng.normal(centres[label], 1.0, size=32) for label in readable["label"]])
+    cache = workdir / "embeddings" / "made-by-flag-noise.npz"   # what flag-noise leaves behind
+    embed.write_cache(cache, readable[["path", "bytes", "mtime"]], vectors)
+    record_run(workdir, "flag-noise", settings={}, started=time.time(),
+               summary={"embeddings": {"cache_file": str(cache)}})
+
+    summary = review(config, workdir, launch=False, map_method="tsne", fo_dataset="mapped")
+    assert summary["map"] == MAP_KEY and summary["map_samples"] == 12 and not summary["map_reused"]
+    dataset = fo.load_dataset("mapped")
+    results = dataset.load_brain_results(MAP_KEY)
+    labels = dict(zip(*dataset.values(["id", "given_label"])))
+    classes = np.array([labels[i] for i in results.current_sample_ids])
+    points = results.current_points
+    nearest = np.argsort(((points[:, None] - points[None]) ** 2).sum(-1), axis=1)[:, 1]
+    assert points.shape == (12, 2) and (classes[nearest] == classes).mean() >= 0.9
+    assert dataset.has_workspace(WORKSPACE)
+    again = review(config, workdir, launch=False, map_method="tsne", fo_dataset="mapped")
+    assert again["map_reused"]
+    assert not review(config, workdir, launch=False, map_method="pca",
+                      fo_dataset="mapped")["map_reused"]
     assert compute_map(fo, dataset, None, "pca", seed=0)["map"] is None
 
 
