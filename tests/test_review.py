@@ -232,8 +232,8 @@ def _screenshot(url, out, profile):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         return None, "chromium is not installed (apt-get install -y chromium)"
-    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--user-data-dir={profile}", "--window-size=1280,800",
+    command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1280,800",
                "--virtual-time-budget=15000", f"--screenshot={out}", url]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=180)
