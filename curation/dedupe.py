@@ -1,9 +1,9 @@
 """`curate dedupe`: exact and near-duplicate groups, one keeper each, and train/test leakage.
 
-Exact duplicates have the same bytes (sha256 from the scan) or the same decoded pixels in another
-encoding. Near duplicates have perceptual hashes within a Hamming threshold, straight or mirrored.
-Groups are the connected components of all duplicate pairs. The pure core works on arrays and
-DataFrames; `dedupe()` adds the disk I/O, the hash cache and the outputs.
+Exact: same bytes (the scan's sha256) or same decoded pixels. Near: every chosen perceptual hash
+within its Hamming threshold, as is, mirrored, or against the other's inner crop. Groups are the
+connected components of all duplicate pairs. The pure core works on arrays and DataFrames;
+`dedupe()` adds the disk I/O, the hash cache and the outputs.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from .config import ConfigError, DatasetConfig
 from .hamming import distances, pairs_within
 from .hashing import DECODE_SIDE, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
 from .leaks import describe_leaks, leak_report
-from .manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run, unchanged_rows,
-                       workdir_lock, write_manifest)
+from .manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
+                       unchanged_rows, workdir_lock, write_manifest)
 from .sheets import contact_sheet
 
 DEFAULT_KINDS = ("phash", "dhash")
@@ -29,8 +29,9 @@ DEFAULT_KINDS = ("phash", "dhash")
 # kind is used alone (SOLO) or together with others (PAIRED: every kind must agree, so each
 # may be looser). Measured by bench/dedupe_bench.py on stanford-cars-25 with planted copies:
 # the highest-recall setting whose distinct-car pair precision stays >= 0.99 (docs/dedupe.md).
-SOLO_THRESHOLDS = {"phash": 6, "dhash": 6, "whash": 2, "ahash": 2}
+SOLO_THRESHOLDS = {"phash": 6, "dhash": 7, "whash": 0, "ahash": 0}
 PAIRED_THRESHOLDS = {"phash": 8, "dhash": 8, "whash": 8, "ahash": 8}
+MIRROR_SHARE = 0.5
 # Same-size pairs within this pHash distance get a full decode to look for identical pixels.
 PIXEL_CHECK_RADIUS = 8
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
@@ -47,19 +48,22 @@ def thresholds_for(kinds: Sequence[str], threshold: int | None) -> dict[str, int
     return {k: table[k] if threshold is None else threshold for k in kinds}
 
 
-def alignments_for(mirror: bool) -> dict[str, str]:
-    """How two pictures may line up, named as dup_reason says it: reason -> hash variant suffix.
+def alignments_for(mirror: bool) -> dict[str, tuple[str, float]]:
+    """How two pictures may line up, named as dup_reason says it: reason -> (hash variant
+    suffix, share of the threshold allowed).
 
     A variant of one image is compared with the plain hash of the other, both ways round.
+    Mirrored matches get half the threshold: many cars face the other way in otherwise alike
+    photos, while a real mirrored copy is only flipped and re-saved (bench: no recall lost).
     """
-    names = {"near": "", "cropped": "_inner"}
+    names = {"near": ("", 1.0), "cropped": ("_inner", 1.0)}
     if mirror:
-        names["mirrored"] = "_mirror"
+        names["mirrored"] = ("_mirror", MIRROR_SHARE)
     return names
 
 
 def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
-                 thresholds: dict[str, int], alignments: dict[str, str]) -> pd.DataFrame:
+                 thresholds: dict[str, int], alignments: dict) -> pd.DataFrame:
     """Which pairs (i, j) are near duplicates: in some alignment, every kind is within threshold.
 
     hashes: hash column name (as hash_columns) -> uint64 array. Returns columns i, j, match
@@ -68,16 +72,17 @@ def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
     """
     kinds = list(thresholds)
     ok, first = [], []
-    for suffix in alignments.values():
+    for suffix, share in alignments.values():
         passed = np.ones(len(i), dtype=bool)
         for kind in kinds:
             plain, variant = hashes[kind], hashes[kind + suffix]
             d = np.minimum(distances(variant[i], plain[j]), distances(plain[i], variant[j]))
-            passed &= d <= thresholds[kind]
+            passed &= d <= int(thresholds[kind] * share)
             if kind == kinds[0]:
                 first.append(d.astype(np.int64))
         ok.append(passed)
-    ok, first = np.array(ok).reshape(len(alignments), -1), np.array(first).reshape(len(alignments), -1)
+    ok = np.array(ok).reshape(len(alignments), -1)
+    first = np.array(first).reshape(len(alignments), -1)
     match = ok.any(axis=0)
     chosen = np.where(match, ok.argmax(axis=0), first.argmin(axis=0))
     columns = np.arange(len(i))
@@ -87,12 +92,12 @@ def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
 
 
 def candidate_pairs(hashes: dict[str, np.ndarray], kind: str, radius: int,
-                    alignments: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+                    alignments: dict) -> tuple[np.ndarray, np.ndarray]:
     """Pairs i < j whose `kind` hashes are within radius in some alignment (a superset)."""
     plain = hashes[kind]
     n = len(plain)
     i, j, _ = pairs_within(plain, radius)
-    variants = [hashes[kind + s] for s in alignments.values() if s]
+    variants = [hashes[kind + suffix] for suffix, _ in alignments.values() if suffix]
     if variants:
         q, b, _ = pairs_within(plain, radius, queries=np.concatenate(variants))
         q %= max(n, 1)
@@ -195,7 +200,7 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
 
 
 def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[str, np.ndarray],
-                        thresholds: dict[str, int], alignments: dict[str, str],
+                        thresholds: dict[str, int], alignments: dict,
                         digests: np.ndarray) -> pd.DataFrame:
     """dup_of, dup_distance and dup_reason: how each copy matches its group's keeper."""
     member = groups["dup_group"].notna().to_numpy()
@@ -212,7 +217,7 @@ def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[s
     keeper = groups["keeper"].to_numpy()
     copy = member & ~keeper
     paths = rows["path"].to_numpy(object)
-    out = pd.DataFrame({
+    return pd.DataFrame({
         "path": rows["path"].to_numpy(),
         "dup_group": groups["dup_group"].array,
         "dup_keeper": keeper | ~member,
@@ -223,14 +228,14 @@ def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[s
         "dup_keeper_reason": pd.Series(groups["keeper_reason"].to_numpy(),
                                        dtype="string").where(member),
     })
-    return out
 
 
 def label_conflicts(members: pd.DataFrame) -> dict:
     """Groups whose members carry different labels (a copy filed under two classes)."""
     labels = members.dropna(subset=["label"]).groupby("dup_group")["label"].nunique()
     conflicted = labels[labels > 1]
-    return {"groups": int(len(conflicted)), "example_groups": [int(g) for g in conflicted.index[:10]]}
+    return {"groups": int(len(conflicted)),
+            "example_groups": [int(g) for g in conflicted.index[:10]]}
 
 
 def dupes_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -273,9 +278,9 @@ def _caption(reason: str, distance) -> str:
 
 
 def _cached_hashes(workdir: Path, manifest: pd.DataFrame, root: Path,
-                   columns: list[str]) -> tuple[pd.DataFrame, int]:
-    """Hashes from the last run for files unchanged on disk (path, bytes, mtime), and how many
-    readable files changed since the scan."""
+                   columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Hashes from the last run for files unchanged on disk (path, bytes, mtime), and the
+    readable files that changed since the scan."""
     readable = manifest[manifest["readable"].astype(bool)]
     stats = []
     for path in readable["path"]:
@@ -285,8 +290,9 @@ def _cached_hashes(workdir: Path, manifest: pd.DataFrame, root: Path,
         except OSError:
             stats.append((path, -1, -1.0))
     current = pd.DataFrame(stats, columns=["path", "bytes", "mtime"])
-    changed = int((current[["bytes", "mtime"]].to_numpy()
-                   != readable[["bytes", "mtime"]].to_numpy()).any(axis=1).sum())
+    differs = (current[["bytes", "mtime"]].to_numpy()
+               != readable[["bytes", "mtime"]].to_numpy()).any(axis=1)
+    changed = current.loc[differs, "path"].tolist()
     previous = read_run(workdir, "dedupe") or {}
     if previous.get("settings", {}).get("decode_side") != DECODE_SIDE:
         return pd.DataFrame(columns=["path", *columns]), changed
@@ -310,25 +316,33 @@ def dedupe(config: DatasetConfig, workdir: Path, *, kinds: str | Sequence[str] =
         manifest = read_manifest(workdir, required=_SCAN_NEEDS)
         cached, changed = _cached_hashes(workdir, manifest, root, columns)
         readable = manifest[manifest["readable"].astype(bool)]
-        todo = readable.loc[~readable["path"].isin(cached["path"]), "path"].to_numpy()
+        todo = readable[~readable["path"].isin(cached["path"])]
+        stale = todo["path"].isin(changed)   # its sha256 is out of date: hash it on its own
+        known = readable.loc[readable["path"].isin(cached["path"]), "sha256"]
+        pick = todo[stale | (~todo["sha256"].isin(known) & ~todo["sha256"].duplicated())]
         hash_started = time.time()
-        fresh = hash_files([str(root / p) for p in todo], kinds, workers=workers, quiet=quiet)
+        fresh = hash_files([str(root / p) for p in pick["path"]], kinds, workers=workers,
+                           quiet=quiet)
         hash_seconds = time.time() - hash_started
-        fresh.insert(0, "path", todo)
-        hashes = pd.concat([cached, fresh[["path", *columns]]], ignore_index=True)
+        fresh.insert(0, "path", pick["path"].to_numpy())
+        computed = pd.concat([cached, fresh.loc[~stale[pick.index].to_numpy(), ["path", *columns]]])
+        by_content = readable[["path", "sha256"]].merge(computed, on="path").drop(columns="path")
+        same = todo[~stale & ~todo["path"].isin(pick["path"])][["path", "sha256"]].merge(
+            by_content.drop_duplicates("sha256"), on="sha256")
+        hashes = pd.concat([cached, fresh[["path", *columns]], same[["path", *columns]]],
+                           ignore_index=True)
         rows = readable[_SCAN_NEEDS].merge(hashes.dropna(subset=columns), on="path")
-        rows = rows.sort_values("path")
-        rows = rows.reset_index(drop=True)
+        rows = rows.sort_values("path").reset_index(drop=True)
         hash_arrays = {c: to_uint64(rows[c]) for c in columns}
 
         def digest(index: np.ndarray) -> list:
             paths = [str(root / p) for p in rows["path"].to_numpy()[index]]
             return pixel_digests(paths, workers=workers, quiet=quiet)
 
-        search_started = time.time()
+        group_started = time.time()
         result = group_duplicates(rows, hash_arrays, thresholds, mirror=mirror,
                                   pixel_digest=digest if pixel_check else None)
-        search_seconds = time.time() - search_started
+        group_seconds = time.time() - group_started
         new = manifest[["path"]].merge(hashes.astype({c: "string" for c in columns}),
                                        on="path", how="left").merge(result, on="path", how="left")
         manifest = merge_columns(manifest, new.astype(OUTPUT_TYPES))
@@ -337,13 +351,14 @@ def dedupe(config: DatasetConfig, workdir: Path, *, kinds: str | Sequence[str] =
         csv_path = workdir / "dupes.csv"
         atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False))
         sheet = contact_sheet(sheet_rows(table, root, sheet_groups), workdir / "dupes.png")
-        summary = summarize(manifest, table, fresh, cached=len(cached), changed=changed,
+        summary = summarize(manifest, table, fresh, cached=len(cached) + len(same),
+                            changed=len(changed),
                             thresholds=thresholds, mirror=mirror)
         summary.update(csv=str(csv_path), sheet=str(sheet) if sheet else None,
                        hash_seconds=round(hash_seconds, 2),
-                       hash_images_per_second=round(len(todo) / hash_seconds, 1)
-                       if len(todo) and hash_seconds > 0 else None,
-                       search_seconds=round(search_seconds, 2),
+                       hash_images_per_second=round(len(pick) / hash_seconds, 1)
+                       if len(pick) and hash_seconds > 0 else None,
+                       group_seconds=round(group_seconds, 2),
                        seconds=round(time.time() - started, 2))
         settings = {"kinds": list(kinds), "thresholds": thresholds, "mirror": mirror,
                     "pixel_check": pixel_check, "decode_side": DECODE_SIDE,
@@ -379,14 +394,17 @@ def describe(summary: dict) -> str:
     kinds = ", ".join(f"{k}<={v}" for k, v in summary["thresholds"].items())
     lines = [f"Deduplicated {summary['images']} images ({kinds} bits"
              f"{', mirror on' if summary['mirror'] else ''}): hashed {summary['hashed']}, "
-             f"reused {summary['reused']} cached, in {summary['seconds']} s.",
+             f"reused {summary['reused']} (cached, or of a byte-identical file), "
+             f"in {summary['seconds']} s.",
              f"{summary['groups']} duplicate groups hold {summary['images_in_groups']} images; "
              f"{summary['redundant']} copies are redundant (largest groups: "
              f"{', '.join(map(str, summary['largest_groups'])) or '-'})."]
     if summary["by_reason"]:
-        lines.append("copies by reason: " + ", ".join(f"{k} {v}" for k, v in summary["by_reason"].items()))
+        lines.append("copies by reason: "
+                     + ", ".join(f"{k} {v}" for k, v in summary["by_reason"].items()))
     if summary.get("cross_split"):
-        lines.append(describe_leaks(summary["cross_split"], show=3))
+        lines.append(describe_leaks(summary["cross_split"], show=0).splitlines()[0]
+                     + " (groups listed in dupes.csv)")
     conflicts = summary.get("label_conflicts")
     if conflicts and conflicts["groups"]:
         lines.append(f"{conflicts['groups']} groups mix labels (same photo under two classes)")
@@ -395,5 +413,6 @@ def describe(summary: dict) -> str:
     if summary["changed_since_scan"]:
         lines.append(f"{summary['changed_since_scan']} files changed since the scan: "
                      f"run `curate scan` again so sizes and checksums are current")
-    lines.append(f"wrote {summary['csv']}" + (f" and {summary['sheet']}" if summary["sheet"] else ""))
+    sheet = f" and {summary['sheet']}" if summary["sheet"] else ""
+    lines.append(f"wrote {summary['csv']}{sheet}")
     return "\n".join(lines)

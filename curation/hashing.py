@@ -1,9 +1,10 @@
-"""Per-image perceptual hashes: pHash (default), dHash, wHash, aHash, each also of the mirrored image.
+"""Per-image perceptual hashes (pHash, dHash, wHash, aHash) of the image, its mirror, its inner crop.
 
 The hashes are imagehash's definitions (64 bits, hash_size 8; tests check bit equality with
-imagehash), computed from one small grayscale decode per image. pHash, dHash and aHash are done
-in numpy from the resized pixels, and their mirror hashes are derived from the same pixels
-(a flip of the resized grid, or DCT sign flips for pHash), so a mirror costs almost nothing.
+imagehash), computed from one small grayscale decode per image (JPEG draft). pHash, dHash and
+aHash are done in numpy from the resized pixels; their mirror hashes come from the same pixels
+(a flipped grid, or DCT sign flips for pHash), so a mirror costs almost nothing. The inner
+crop (INNER_CROP off each border) lets a 2-7 % border-cropped copy match its original.
 Hashes travel as uint64 arrays in memory and as 16-digit hex strings in the manifest.
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ from .parallel import map_files
 
 KINDS = ("phash", "dhash", "whash", "ahash")
 DECODE_SIDE = 64      # long side of the decoded thumbnail every hash is computed from
-HASH_BITS = 64
 INNER_CROP = 0.045    # the inner hashes see the picture less this share of each border
 VARIANTS = ("", "_mirror", "_inner")
 _LANCZOS = Image.Resampling.LANCZOS
