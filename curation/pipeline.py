@@ -10,7 +10,6 @@ next run resumes at the interrupted step.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -76,8 +75,8 @@ STEP_TABLE = {step.name: step for step in (
     Step("flag-noise", "curation.noise",
          lambda m, c, w, r, q: m.flag_noise(c, w, seed=r.seed, threshold=r.noise_threshold,
                                             workers=r.workers, quiet=q),
-         lambda c, r: {"backbone": c.backbone, "weights": c.weights, "seed": r.seed,
-                       "threshold": r.noise_threshold}),
+         lambda c, r: {"backbone": c.backbone, "weights": c.weights, "image_size": c.image_size,
+                       "seed": r.seed, "threshold": r.noise_threshold}),
     Step("split", "curation.split",
          lambda m, c, w, r, q: m.split(c, w, seed=r.seed, respect_given=r.respect_given, quiet=q),
          lambda c, r: {"ratios": list(c.ratios), "seed": r.seed, "respect_given": r.respect_given}),
@@ -257,23 +256,32 @@ def describe(summary: dict) -> str:
              f"(workdir {summary['workdir']}):", *rows]
     if summary.get("report"):
         lines.append(f"Report: {summary['report']}")
+    if summary.get("report_error"):
+        lines.append(f"The report could not be written: {summary['report_error']}")
     return "\n".join(lines)
 
 
 def run_and_report(config: DatasetConfig, workdir: Path, *, report: bool = True, **options) -> dict:
     """run_pipeline, then the HTML report (also after a failed step, to show what is there)."""
-    from . import report as report_step
-
     try:
         summary = run_pipeline(config, workdir, **options)
     except StepFailed as failed:
         if report:
-            with contextlib.suppress(Exception):   # the step's error is the one to show
-                failed.summary["report"] = report_step.build_report(config, workdir)["report"]
+            _add_report(failed.summary, config, workdir)
         raise
     if report:
-        summary["report"] = report_step.build_report(config, workdir)["report"]
+        _add_report(summary, config, workdir)
     return summary
+
+
+def _add_report(summary: dict, config: DatasetConfig, workdir: Path) -> None:
+    """Write the report into summary['report']; a report error is noted, never hides the run."""
+    from . import report as report_step
+
+    try:
+        summary["report"] = report_step.build_report(config, workdir)["report"]
+    except Exception as exc:   # the steps' results stand even if the page cannot be drawn
+        summary["report_error"] = f"{type(exc).__name__}: {exc}"
 
 
 def failure_message(failed: StepFailed, command: str) -> str:

@@ -251,13 +251,16 @@ def sections(ctx: Context) -> list[tuple[str, str, str]]:
 
 
 def read_runs(workdir: Path) -> dict:
-    """Every runs/<step>.json a step recorded, oldest first."""
+    """Every runs/<step>.json a step recorded, in pipeline order (other steps after)."""
     records = []
     for path in sorted((Path(workdir) / "runs").glob("*.json")):
         record = json.loads(path.read_text())
         if "step" in record:
             records.append(record)
-    return {r["step"]: r for r in sorted(records, key=lambda r: r.get("finished", ""))}
+    order = ["scan", "dedupe", "flag-noise", "review", "split", "train", "evaluate"]
+    position = {step: i for i, step in enumerate(order)}
+    records.sort(key=lambda r: (position.get(r["step"], len(order)), r.get("finished", "")))
+    return {r["step"]: r for r in records}
 
 
 def build_report(config: DatasetConfig, workdir: Path, *, out: Path | None = None) -> dict:

@@ -57,8 +57,8 @@ def scalars(data: dict, keys=None) -> list[tuple[str, object]]:
 def per_class_table(per_class: dict) -> str:
     """A table from {class: {metric: value}}."""
     metrics = sorted({m for values in per_class.values() if isinstance(values, dict) for m in values})
-    rows = [[name, *[values.get(m) for m in metrics]] for name, values in per_class.items()
-            if isinstance(values, dict)]
+    rows = [[name, *[int(values[m]) if m == "support" and m in values else values.get(m)
+                     for m in metrics]] for name, values in per_class.items() if isinstance(values, dict)]
     return h.table(["class", *metrics], rows)
 
 

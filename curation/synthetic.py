@@ -267,8 +267,8 @@ def score(manifest: pd.DataFrame, truth: dict) -> dict:
         result["noise_precision"] = _ratio(len(noise_paths & set(frame.index[flagged])), int(flagged.sum()))
         if "suggested_label" in frame.columns:
             rows = [d for d in truth["mislabels"] if d["path"] in frame.index]
-            right = sum(frame.at[d["path"], "suggested_label"] == d["true_label"] for d in rows)
-            result["mislabels_suggestion_right"] = _ratio(int(right), len(rows))
+            right = sum(str(frame.at[d["path"], "suggested_label"]) == d["true_label"] for d in rows)
+            result["mislabels_suggestion_right"] = _ratio(right, len(rows))
     if "split" in frame.columns and "dup_group" in frame.columns:
         result["leaking_groups_after_split"] = leak_report(manifest, "split")["leaking_groups"]
     return result

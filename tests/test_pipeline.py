@@ -1,0 +1,155 @@
+"""`curate run` end to end on the synthetic set: every step, resume, --until/--from, failures, demo."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from curation import demo, pipeline, synthetic
+from curation.config import ConfigError, DatasetConfig, TrainingSettings
+from curation.manifest import read_manifest
+
+SPEC = synthetic.SyntheticSpec(per_class=14, exact_duplicates=4, near_duplicates=6, mislabels=4,
+                               off_topic=4, broken=2)
+TINY = TrainingSettings(epochs=2, fine_tune_epochs=0, batch_size=16, patience=2, augment=False)
+
+
+def weights() -> str:
+    """ImageNet weights from $CURATE_WEIGHTS when there, else random init (offline CI)."""
+    folder = os.environ.get("CURATE_WEIGHTS")
+    return "imagenet" if folder and os.path.isdir(folder) else "none"
+
+
+def tiny_config(root) -> DatasetConfig:
+    return DatasetConfig(name="tiny", root=root, image_size=64, weights=weights(), training=TINY)
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {entry["step"]: entry["status"] for entry in summary["steps"]}
+
+
+@pytest.fixture(scope="module")
+def journey(tmp_path_factory):
+    """One workdir through a sequence of runs; each run's summary is kept for the tests below."""
+    base = tmp_path_factory.mktemp("pipeline")
+    truth = synthetic.generate(base / "data", seed=5, spec=SPEC)
+    config = tiny_config(base / "data" / "images")
+    workdir = base / "work"
+    runs = {"until_split": pipeline.run_pipeline(config, workdir, until="split", quiet=True)}
+    runs["until_split_again"] = pipeline.run_pipeline(config, workdir, until="split", quiet=True)
+    runs["full"] = pipeline.run_and_report(config, workdir, quiet=True)
+    runs["full_again"] = pipeline.run_pipeline(config, workdir, quiet=True)
+    runs["from_evaluate"] = pipeline.run_pipeline(config, workdir, from_step="evaluate", quiet=True)
+    return {"config": config, "workdir": workdir, "truth": truth, "runs": runs}
+
+
+def test_first_run_does_each_step_once_in_order(journey):
+    first = journey["runs"]["until_split"]
+    assert [e["step"] for e in first["steps"]] == ["scan", "dedupe", "flag-noise", "split"]
+    assert set(statuses(first).values()) == {"ran"}
+    assert all(e["seconds"] >= 0 and e["text"] for e in first["steps"])
+    manifest = read_manifest(journey["workdir"])
+    assert {"dup_group", "noise_flag", "split"} <= set(manifest.columns)
+
+
+def test_pipeline_finds_what_was_planted(journey):
+    manifest = read_manifest(journey["workdir"])
+    found = synthetic.score(manifest, journey["truth"])
+    assert found["exact_duplicates_found"]["rate"] == 1.0
+    assert found["near_duplicates_found"]["rate"] >= 0.8
+    assert found["false_duplicate_groups"] == 0
+    assert found["unreadable_found"]["rate"] == 1.0
+    assert found["leaking_groups_after_split"] == 0
+    if weights() == "imagenet":   # random-init embeddings cannot be expected to find noise
+        assert found["off_topic_flagged"]["rate"] >= 0.75
+
+
+def test_second_run_skips_finished_steps(journey):
+    again = statuses(journey["runs"]["until_split_again"])
+    assert again == {"scan": "ran", "dedupe": "skipped", "flag-noise": "skipped", "split": "skipped"}
+    full = statuses(journey["runs"]["full"])
+    assert full["split"] == "skipped" and full["train"] == "ran" and full["evaluate"] == "ran"
+    rerun = statuses(journey["runs"]["full_again"])
+    assert [s for s, status in rerun.items() if status == "ran"] == ["scan"]
+
+
+def test_from_reruns_that_step_only_when_later_ones_are_current(journey):
+    summary = journey["runs"]["from_evaluate"]
+    assert statuses(summary) == {"evaluate": "ran"}
+    metrics = json.loads((journey["workdir"] / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["test_images"] > 0
+
+
+def test_full_run_writes_report_with_model_sections(journey):
+    report = journey["runs"]["full"]["report"]
+    html = open(report).read()
+    for needle in ("Confusion matrix (test)", 'alt="training curves"', 'alt="confusion matrix"',
+                   "Planted vs found (synthetic)", "Flagged noise"):
+        assert needle in html
+    assert "No model yet" not in html and "No test metrics yet" not in html
+
+
+def test_new_file_reruns_the_steps_that_read_it(journey, tmp_path):
+    config, workdir, truth = journey["config"], journey["workdir"], journey["truth"]
+    source = next(p for p, label in truth["true_labels"].items() if label and p.startswith("train/"))
+    copy = "train/" + source.split("/")[1] + "/added_copy.jpg"
+    shutil.copyfile(config.root / source, config.root / copy)
+    try:
+        summary = pipeline.run_pipeline(config, workdir, until="dedupe", quiet=True)
+        assert statuses(summary) == {"scan": "ran", "dedupe": "ran"}
+        manifest = read_manifest(workdir).set_index("path")
+        assert manifest.at[copy, "dup_group"] == manifest.at[source, "dup_group"]
+    finally:
+        (config.root / copy).unlink()
+
+
+def test_failing_step_stops_with_its_name_and_resumes(tmp_path):
+    synthetic.generate(tmp_path / "data", seed=6, spec=SPEC)
+    root, workdir = tmp_path / "data" / "images", tmp_path / "work"
+    args = ["run", str(root), "--workdir", str(workdir), "--until", "flag-noise", "--image-size", "64"]
+    result = CliRunner().invoke(main, [*args, "--weights", str(tmp_path / "missing.h5")])
+    assert result.exit_code == 1
+    assert "step 'flag-noise' failed" in result.output and "missing.h5" in result.output
+    assert "resumes at 'flag-noise'" in result.output and "Traceback" not in result.output
+    state = json.loads((workdir / "runs" / "pipeline.json").read_text())
+    assert set(state) == {"scan", "dedupe"}
+    assert (workdir / "report.html").is_file()          # the partial report
+    result = CliRunner().invoke(main, [*args, "--weights", weights(), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert statuses(json.loads(result.output)) == {"scan": "ran", "dedupe": "skipped",
+                                                   "flag-noise": "ran"}
+
+
+def test_step_names_and_overrides_are_checked():
+    assert pipeline.steps_between("split", None) == ["split", "train", "evaluate"]
+    assert pipeline.steps_between(None, "dedupe") == ["scan", "dedupe"]
+    with pytest.raises(ConfigError, match="comes after"):
+        pipeline.steps_between("train", "scan")
+    with pytest.raises(ConfigError, match="unknown step 'tidy'"):
+        pipeline.steps_between("tidy", None)
+    config = DatasetConfig(name="x", root=".")
+    tuned = pipeline.with_overrides(config, image_size=96, epochs=1, batch_size=None)
+    assert tuned.image_size == 96 and tuned.training.epochs == 1
+    assert tuned.training.batch_size == config.training.batch_size
+    with pytest.raises(ConfigError, match="image_size"):
+        pipeline.with_overrides(config, image_size=8)
+
+
+def test_demo_picks_data_and_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv("CURATE_WEIGHTS", raising=False)
+    chosen, note = demo.choose_weights(is_online=lambda: False)
+    assert chosen == "none" and note.startswith("NOTE")
+    assert demo.choose_weights(is_online=lambda: True)[0] == "imagenet"
+    monkeypatch.delenv("CURATE_DATA", raising=False)
+    config, text = demo.demo_dataset(tmp_path / "demo", seed=0)
+    assert demo.is_synthetic(config) and text.startswith("SYNTHETIC")
+    assert tmp_path / "demo" in config.root.parents
+    (tmp_path / "shared" / demo.REAL_DEMO).mkdir(parents=True)
+    monkeypatch.setenv("CURATE_DATA", str(tmp_path / "shared"))
+    real, text = demo.demo_dataset(tmp_path / "demo")
+    assert real.root == (tmp_path / "shared" / demo.REAL_DEMO).resolve() and "real photos" in text
+    assert demo.is_synthetic(demo.demo_dataset(tmp_path / "demo", synthetic=True)[0])
