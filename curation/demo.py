@@ -17,7 +17,7 @@ from .synthetic import NOTICE, generate
 
 REAL_DEMO = "swift-wagonr"
 DEMO_BACKBONE = "mobilenet_v2"
-DEMO_IMAGE_SIZE = 96
+DEMO_IMAGE_SIZE = {"synthetic": 96, "real": 160}   # drawn shapes need few pixels, photos more
 DEMO_TRAINING = TrainingSettings(epochs=10, fine_tune_epochs=2, batch_size=32, patience=3,
                                  fine_tune_layers=20)
 
@@ -68,9 +68,10 @@ def demo_dataset(folder: Path, *, synthetic: bool = False, seed: int = 0,
 
 
 def demo_config(config: DatasetConfig, weights: str) -> DatasetConfig:
-    """The dataset with the demo's small settings: 96 px, MobileNetV2, a few epochs."""
-    return dataclasses.replace(config, image_size=DEMO_IMAGE_SIZE, backbone=DEMO_BACKBONE,
-                               weights=weights, training=DEMO_TRAINING)
+    """The dataset with the demo's small settings: small images, MobileNetV2, a few epochs."""
+    size = DEMO_IMAGE_SIZE["synthetic" if is_synthetic(config) else "real"]
+    return dataclasses.replace(config, image_size=size, backbone=DEMO_BACKBONE, weights=weights,
+                               training=DEMO_TRAINING)
 
 
 def is_synthetic(config: DatasetConfig) -> bool:
