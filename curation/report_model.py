@@ -11,6 +11,7 @@ LIFT_FILE = "lift.json"
 TRAIN_FIGURES = ("val_accuracy", "val_loss", "best_epoch", "classes", "train_images", "val_images",
                  "embed_images_per_second", "fine_tune_images_per_second", "seconds")
 TEST_FIGURES = ("accuracy", "macro_f1", "test_images", "seconds")
+LIFT_FIGURES = ("lift_test_accuracy", "lift_test_macro_f1", "test_images", "classes")
 
 
 def find_file(workdir: Path, *patterns: str) -> Path | None:
@@ -104,11 +105,22 @@ def evaluation_section(config: DatasetConfig, workdir: Path, runs: dict) -> str:
 def lift_section(config: DatasetConfig, workdir: Path) -> str:
     lift = read_json(find_file(workdir, LIFT_FILE, "lift*.json"))
     if not lift:
-        return h.missing(f"Cleaning lift not measured for this dataset: `python bench/lift_bench.py` "
-                         f"writes it to {workdir / LIFT_FILE}.")
-    return (h.paragraph("The same recipe trained on the raw data and on the cleaned data, both "
-                        "scored on the same clean test set.")
-            + h.stats(scalars(lift)) + h.table(["measure", "value"], flatten(lift)))
+        return h.missing(f"Cleaning lift not measured for this dataset: `python bench/lift_bench.py "
+                         f"--dataset {config.name} > {workdir / LIFT_FILE}` measures it.")
+    if lift.get("dataset", config.name) != config.name:
+        return h.missing(f"{LIFT_FILE} here was measured on '{lift['dataset']}', not '{config.name}'.")
+    body = h.paragraph("The same recipe trained on the raw data with planted noise and on the data "
+                       "after dedupe + flag-noise + a leak-free split, both scored on the same clean "
+                       "test set.")
+    body += h.stats(scalars(lift, LIFT_FIGURES) or scalars(lift))
+    raw, clean = lift.get("raw"), lift.get("clean")
+    if isinstance(raw, dict) and isinstance(clean, dict):
+        raw_rows, clean_rows = dict(flatten(raw)), dict(flatten(clean))
+        keys = [k for k in raw_rows if k in clean_rows] + [k for k in clean_rows if k not in raw_rows]
+        body += h.table(["measure", "raw", "cleaned"],
+                        [[k, raw_rows.get(k), clean_rows.get(k)] for k in keys])
+    rest = {k: v for k, v in lift.items() if k not in ("raw", "clean")}
+    return body + h.table(["setting", "value"], flatten(rest))
 
 
 def model_sections(config: DatasetConfig, workdir: Path, runs: dict) -> list[tuple[str, str, str]]:

@@ -1,6 +1,7 @@
 """The HTML report: one self-contained file whose sections show what the steps found."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -98,3 +99,21 @@ def test_cli_report_prints_where_it_wrote(scanned, tmp_path):
 def test_report_without_a_manifest_says_to_scan(tmp_path, class_tree):
     result = CliRunner().invoke(main, ["report", str(class_tree), "--workdir", str(tmp_path / "w")])
     assert result.exit_code == 1 and "curate scan" in result.output
+
+
+def test_cleaning_lift_appears_when_the_bench_wrote_it(scanned, tmp_path):
+    config, workdir, _ = scanned
+    lift = {"bench": "lift", "dataset": "tiny", "test_images": 40, "lift_test_accuracy": 0.09,
+            "raw": {"test_accuracy": 0.71, "train_images": 200},
+            "clean": {"test_accuracy": 0.8, "train_images": 170}}
+    try:
+        (workdir / "lift.json").write_text(json.dumps(lift))
+        build_report(config, workdir)
+        part = sections((workdir / "report.html").read_text())["lift"]
+        assert "<th>raw</th><th>cleaned</th>" in part and "0.710" in part and "0.800" in part
+        (workdir / "lift.json").write_text(json.dumps(lift | {"dataset": "other"}))
+        build_report(config, workdir)
+        part = sections((workdir / "report.html").read_text())["lift"]
+        assert "measured on 'other'" in part and "0.710" not in part
+    finally:
+        (workdir / "lift.json").unlink()
