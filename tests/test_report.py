@@ -114,6 +114,6 @@ def test_cleaning_lift_appears_when_the_bench_wrote_it(scanned, tmp_path):
         (workdir / "lift.json").write_text(json.dumps(lift | {"dataset": "other"}))
         build_report(config, workdir)
         part = sections((workdir / "report.html").read_text())["lift"]
-        assert "measured on 'other'" in part and "0.710" not in part
+        assert "measured on &#x27;other&#x27;" in part and "0.710" not in part
     finally:
         (workdir / "lift.json").unlink()
