@@ -256,12 +256,14 @@ def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, **options) -> d
 @click.option("--epochs", type=click.IntRange(0), help="Head epochs (default: datasets.yaml).")
 @click.option("--fine-tune-epochs", type=click.IntRange(0), help="Fine-tuning epochs.")
 @click.option("--batch-size", type=click.IntRange(1), help="Training batch size.")
+@click.option("--noise-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="flag-noise: flag when noise_score >= this (default: automatic).")
 @click.option("--respect-given", is_flag=True,
               help="Split: keep the folders' train/validation/test.")
 @click.option("--no-report", is_flag=True, help="Do not write <workdir>/report.html at the end.")
 def run(config: DatasetConfig, workdir: Path, quiet: bool, until, from_step, seed, workers,
-        image_size, backbone, weights, epochs, fine_tune_epochs, batch_size, respect_given,
-        no_report):
+        image_size, backbone, weights, epochs, fine_tune_epochs, batch_size, noise_threshold,
+        respect_given, no_report):
     """Run scan → dedupe → flag-noise → split → train → evaluate, then write the report.
 
     \b
@@ -276,7 +278,8 @@ def run(config: DatasetConfig, workdir: Path, quiet: bool, until, from_step, see
     config = pipeline.with_overrides(config, image_size=image_size, backbone=backbone,
                                      weights=weights, epochs=epochs,
                                      fine_tune_epochs=fine_tune_epochs, batch_size=batch_size)
-    settings = pipeline.RunSettings(seed=seed, workers=workers, respect_given=respect_given)
+    settings = pipeline.RunSettings(seed=seed, workers=workers, noise_threshold=noise_threshold,
+                                    respect_given=respect_given)
     summary = _pipeline(config, workdir, quiet, until=until, from_step=from_step,
                         settings=settings, report=not no_report)
     return summary, pipeline.describe

@@ -153,3 +153,25 @@ def test_demo_picks_data_and_weights(tmp_path, monkeypatch):
     real, text = demo.demo_dataset(tmp_path / "demo")
     assert real.root == (tmp_path / "shared" / demo.REAL_DEMO).resolve() and "real photos" in text
     assert demo.is_synthetic(demo.demo_dataset(tmp_path / "demo", synthetic=True)[0])
+
+
+def test_fingerprints_follow_what_each_step_reads(tmp_path):
+    import pandas as pd
+
+    files = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "bytes": [1, 2], "mtime": [1.0, 2.0],
+                          "sha256": ["x", "y"], "readable": [True, True], "label": ["p", "q"]})
+    reviewed = files.assign(review_decision=["drop", None], review_label=[None, None])
+    changed = files.assign(bytes=[1, 3])
+
+    def print_(step, frame, settings=None):
+        return pipeline.fingerprint(step, settings or {}, tmp_path, frame)
+
+    assert print_("dedupe", files) == print_("dedupe", files.iloc[::-1])   # row order is irrelevant
+    assert print_("dedupe", files) != print_("dedupe", changed)
+    assert print_("dedupe", files) == print_("dedupe", reviewed)           # review is for split
+    assert print_("split", files) != print_("split", reviewed)
+    assert print_("split", files) != print_("split", files, {"seed": 1})
+    (tmp_path / "runs").mkdir()
+    before = print_("train", files)
+    (tmp_path / "runs" / "split.json").write_text('{"step": "split"}')
+    assert print_("train", files) != before                                 # split re-ran
