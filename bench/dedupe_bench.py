@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from curation.dedupe import (DEFAULT_KINDS, PAIRED_THRESHOLDS, SOLO_THRESHOLDS, components, equal_key_pairs,
-                             exact_pairs, group_duplicates, thresholds_for)
+from curation.grouping import (DEFAULT_KINDS, PAIRED_THRESHOLDS, SOLO_THRESHOLDS, components,
+                               equal_key_pairs, exact_pairs, group_duplicates, thresholds_for)
 from curation.dedupe_eval import pair_scores, plant, recall_by_transform
 from curation.hamming import pairs_within
 from curation.hashing import KINDS, hash_columns, hash_files, pixel_digests, to_uint64

@@ -1,9 +1,7 @@
 """`curate dedupe`: exact and near-duplicate groups, one keeper each, and train/test leakage.
 
-Exact: same bytes (the scan's sha256) or same decoded pixels. Near: every chosen perceptual hash
-within its Hamming threshold, as is, mirrored, or against the other's inner crop. Groups are the
-connected components of all duplicate pairs. The pure core works on arrays and DataFrames;
-`dedupe()` adds the disk I/O, the hash cache and the outputs.
+The grouping itself is curation/grouping.py (pure); this module adds the disk I/O: the hash
+cache in the manifest, the manifest columns, dupes.csv, the dupes.png contact sheet, the summary.
 """
 from __future__ import annotations
 
@@ -13,221 +11,19 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .config import ConfigError, DatasetConfig
-from .hamming import distances, pairs_within
+from .grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
+                       thresholds_for)
 from .hashing import DECODE_SIDE, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
 from .leaks import describe_leaks, leak_report
 from .manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
                        unchanged_rows, workdir_lock, write_manifest)
 from .sheets import contact_sheet
 
-DEFAULT_KINDS = ("phash", "dhash")
-# Largest Hamming distance (bits) still counted as a near duplicate, per hash kind, when the
-# kind is used alone (SOLO) or together with others (PAIRED: every kind must agree, so each
-# may be looser). Measured by bench/dedupe_bench.py on stanford-cars-25 with planted copies:
-# the highest-recall setting whose distinct-car pair precision stays >= 0.99 (docs/dedupe.md).
-SOLO_THRESHOLDS = {"phash": 6, "dhash": 7, "whash": 0, "ahash": 0}
-PAIRED_THRESHOLDS = {"phash": 8, "dhash": 8, "whash": 8, "ahash": 8}
-MIRROR_SHARE = 0.5
-# Same-size pairs within this pHash distance get a full decode to look for identical pixels.
-PIXEL_CHECK_RADIUS = 8
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
                 "dup_distance": "Int64", "dup_reason": "string", "dup_keeper_reason": "string"}
-LINKED = " (linked through other copies)"
 _SCAN_NEEDS = ["path", "readable", "width", "height", "bytes", "mtime", "sha256"]
-
-
-def thresholds_for(kinds: Sequence[str], threshold: int | None) -> dict[str, int]:
-    """Per-kind thresholds: the measured defaults, or one value for all kinds."""
-    if threshold is not None and not 0 <= threshold <= 64:
-        raise ValueError(f"threshold must be between 0 and 64 bits, got {threshold}")
-    table = SOLO_THRESHOLDS if len(kinds) == 1 else PAIRED_THRESHOLDS
-    return {k: table[k] if threshold is None else threshold for k in kinds}
-
-
-def alignments_for(mirror: bool) -> dict[str, tuple[str, float]]:
-    """How two pictures may line up, named as dup_reason says it: reason -> (hash variant
-    suffix, share of the threshold allowed).
-
-    A variant of one image is compared with the plain hash of the other, both ways round.
-    Mirrored matches get half the threshold: many cars face the other way in otherwise alike
-    photos, while a real mirrored copy is only flipped and re-saved (bench: no recall lost).
-    """
-    names = {"near": ("", 1.0), "cropped": ("_inner", 1.0)}
-    if mirror:
-        names["mirrored"] = ("_mirror", MIRROR_SHARE)
-    return names
-
-
-def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
-                 thresholds: dict[str, int], alignments: dict) -> pd.DataFrame:
-    """Which pairs (i, j) are near duplicates: in some alignment, every kind is within threshold.
-
-    hashes: hash column name (as hash_columns) -> uint64 array. Returns columns i, j, match
-    (bool), alignment (the first that matched, else the closest) and distance (the first
-    kind's bits in that alignment).
-    """
-    kinds = list(thresholds)
-    ok, first = [], []
-    for suffix, share in alignments.values():
-        passed = np.ones(len(i), dtype=bool)
-        for kind in kinds:
-            plain, variant = hashes[kind], hashes[kind + suffix]
-            d = np.minimum(distances(variant[i], plain[j]), distances(plain[i], variant[j]))
-            passed &= d <= int(thresholds[kind] * share)
-            if kind == kinds[0]:
-                first.append(d.astype(np.int64))
-        ok.append(passed)
-    ok = np.array(ok).reshape(len(alignments), -1)
-    first = np.array(first).reshape(len(alignments), -1)
-    match = ok.any(axis=0)
-    chosen = np.where(match, ok.argmax(axis=0), first.argmin(axis=0))
-    columns = np.arange(len(i))
-    return pd.DataFrame({"i": i, "j": j, "match": match,
-                         "alignment": np.array(list(alignments), dtype=object)[chosen],
-                         "distance": first[chosen, columns]})
-
-
-def candidate_pairs(hashes: dict[str, np.ndarray], kind: str, radius: int,
-                    alignments: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs i < j whose `kind` hashes are within radius in some alignment (a superset)."""
-    plain = hashes[kind]
-    n = len(plain)
-    i, j, _ = pairs_within(plain, radius)
-    variants = [hashes[kind + suffix] for suffix, _ in alignments.values() if suffix]
-    if variants:
-        q, b, _ = pairs_within(plain, radius, queries=np.concatenate(variants))
-        q %= max(n, 1)
-        other = q != b
-        i = np.concatenate([i, np.minimum(q, b)[other]])
-        j = np.concatenate([j, np.maximum(q, b)[other]])
-    codes = np.unique(i * max(n, 1) + j)
-    return codes // max(n, 1), codes % max(n, 1)
-
-
-def equal_key_pairs(keys: Sequence) -> tuple[np.ndarray, np.ndarray]:
-    """Edges joining every row with a non-null key to the first row with the same key."""
-    frame = pd.DataFrame({"key": pd.Series(keys, dtype="object")}).reset_index()
-    frame = frame[frame["key"].notna()]
-    first = frame.groupby("key")["index"].transform("min")
-    linked = frame[frame["index"] != first]
-    return first[linked.index].to_numpy(np.int64), linked["index"].to_numpy(np.int64)
-
-
-def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Component label per row (connected components of the pairs); -1 for rows in no pair."""
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    sizes = np.bincount(labels, minlength=labels.max() + 1 if n else 0)
-    return np.where(sizes[labels] > 1, labels, -1) if n else labels
-
-
-def choose_keepers(rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
-    """Number the groups and pick one keeper each: most pixels, then least compressed, then path.
-
-    rows: path, width, height, bytes (one per image, aligned with labels). Returns, per row,
-    dup_group (1 = largest group; <NA> when unique), keeper (bool), keeper_row, keeper_reason.
-    """
-    frame = rows[["path"]].copy()
-    frame["label"] = labels
-    frame["pixels"] = rows["width"].astype("float64") * rows["height"].astype("float64")
-    frame["bpp"] = rows["bytes"].astype("float64") / frame["pixels"].where(frame["pixels"] > 0)
-    frame["row"] = np.arange(len(frame))
-    grouped = frame[frame["label"] >= 0].sort_values(
-        ["label", "pixels", "bpp", "path"], ascending=[True, False, False, True], na_position="last")
-    leaders = grouped.groupby("label").head(2)
-    runner_up = leaders.groupby("label").nth(1).set_index("label")
-    keepers = leaders.groupby("label").head(1).set_index("label")
-    reason = np.where(keepers["pixels"] > runner_up.loc[keepers.index, "pixels"], "most pixels",
-                      np.where(keepers["bpp"] > runner_up.loc[keepers.index, "bpp"],
-                               "least compressed", "first path"))
-    sizes = grouped.groupby("label").size()
-    ranking = pd.DataFrame({"size": sizes, "keeper_path": keepers["path"]})
-    ranking = ranking.sort_values(["size", "keeper_path"], ascending=[False, True])
-    group_id = pd.Series(np.arange(1, len(ranking) + 1), index=ranking.index)
-    out = pd.DataFrame(index=frame.index)
-    member = frame["label"] >= 0
-    out["dup_group"] = frame["label"].map(group_id).astype("Int64")
-    out["keeper_row"] = frame["label"].map(keepers["row"]).astype("Int64")
-    out["keeper"] = member & (out["keeper_row"] == frame["row"]).fillna(False)
-    out["keeper_reason"] = frame["label"].map(pd.Series(reason, index=keepers.index))
-    return out
-
-
-def exact_pairs(rows: pd.DataFrame, plain: np.ndarray, ci: np.ndarray, cj: np.ndarray,
-                pixel_digest=None) -> tuple[np.ndarray, np.ndarray]:
-    """Edges (2, k) joining same-bytes rows, and same-pixels rows among the candidate pairs.
-
-    Only candidates (ci, cj) of equal size, different bytes and pHash within PIXEL_CHECK_RADIUS
-    are decoded in full: pixel_digest(row_indices) -> digests. Also returns the digest per row
-    (None where not computed).
-    """
-    sha = rows["sha256"].to_numpy(object)
-    digests = np.full(len(rows), None, dtype=object)
-    if pixel_digest is not None:
-        width, height = rows["width"].to_numpy(), rows["height"].to_numpy()
-        check = ((distances(plain[ci], plain[cj]) <= PIXEL_CHECK_RADIUS) & (sha[ci] != sha[cj])
-                 & (width[ci] == width[cj]) & (height[ci] == height[cj]))
-        todo = np.unique(np.concatenate([ci[check], cj[check]]))
-        if len(todo):
-            digests[todo] = pixel_digest(todo)
-    edges = np.concatenate([np.array(equal_key_pairs(sha)).reshape(2, -1),
-                            np.array(equal_key_pairs(digests)).reshape(2, -1)], axis=1)
-    return edges.astype(np.int64), digests
-
-
-def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
-                     thresholds: dict[str, int], *, mirror: bool = True,
-                     pixel_digest=None) -> pd.DataFrame:
-    """The dedupe columns for hashed rows (path, width, height, bytes, sha256; hashes aligned).
-
-    hashes: hash column -> uint64 array for every column of hash_columns(thresholds).
-    pixel_digest: see exact_pairs; None skips the identical-pixels check.
-    """
-    kinds = list(thresholds)
-    alignments = alignments_for(mirror)
-    radius = max(thresholds[kinds[0]], PIXEL_CHECK_RADIUS if pixel_digest else 0)
-    ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments)
-    near = hash_matches(ci, cj, hashes, thresholds, alignments)
-    exact, digests = exact_pairs(rows, hashes[kinds[0]], ci, cj, pixel_digest)
-    near_edges = near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1)
-    labels = components(len(rows), *np.concatenate([near_edges, exact], axis=1))
-    groups = choose_keepers(rows, labels)
-    return _relation_to_keeper(groups, rows, hashes, thresholds, alignments, digests)
-
-
-def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[str, np.ndarray],
-                        thresholds: dict[str, int], alignments: dict,
-                        digests: np.ndarray) -> pd.DataFrame:
-    """dup_of, dup_distance and dup_reason: how each copy matches its group's keeper."""
-    member = groups["dup_group"].notna().to_numpy()
-    keeper_row = groups["keeper_row"].fillna(0).to_numpy(np.int64)
-    rel = hash_matches(np.arange(len(groups)), keeper_row, hashes, thresholds, alignments)
-    sha = rows["sha256"].to_numpy(object)
-    same_bytes = sha == sha[keeper_row]
-    same_pixels = (digests != None) & (digests == digests[keeper_row])  # noqa: E711
-    exact = same_bytes | same_pixels
-    reason = np.where(same_bytes, "same bytes",
-                      np.where(same_pixels, "same pixels", rel["alignment"].to_numpy(str)))
-    linked = ~exact & ~rel["match"].to_numpy()
-    reason = np.where(linked, np.char.add(reason.astype(str), LINKED), reason)
-    keeper = groups["keeper"].to_numpy()
-    copy = member & ~keeper
-    paths = rows["path"].to_numpy(object)
-    return pd.DataFrame({
-        "path": rows["path"].to_numpy(),
-        "dup_group": groups["dup_group"].array,
-        "dup_keeper": keeper | ~member,
-        "dup_of": pd.Series(paths[keeper_row], dtype="string").where(copy),
-        "dup_distance": pd.Series(np.where(exact | keeper, 0, rel["distance"]),
-                                  dtype="Int64").where(member),
-        "dup_reason": pd.Series(reason, dtype="string").where(copy),
-        "dup_keeper_reason": pd.Series(groups["keeper_reason"].to_numpy(),
-                                       dtype="string").where(member),
-    })
 
 
 def label_conflicts(members: pd.DataFrame) -> dict:
@@ -277,11 +73,10 @@ def _caption(reason: str, distance) -> str:
     return text + (" *" if LINKED in str(reason) else "")
 
 
-def _cached_hashes(workdir: Path, manifest: pd.DataFrame, root: Path,
+def _cached_hashes(workdir: Path, readable: pd.DataFrame, root: Path,
                    columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """Hashes from the last run for files unchanged on disk (path, bytes, mtime), and the
     readable files that changed since the scan."""
-    readable = manifest[manifest["readable"].astype(bool)]
     stats = []
     for path in readable["path"]:
         try:
@@ -296,8 +91,34 @@ def _cached_hashes(workdir: Path, manifest: pd.DataFrame, root: Path,
     previous = read_run(workdir, "dedupe") or {}
     if previous.get("settings", {}).get("decode_side") != DECODE_SIDE:
         return pd.DataFrame(columns=["path", *columns]), changed
-    cached = unchanged_rows(manifest, current, columns).dropna(subset=columns)
+    cached = unchanged_rows(readable, current, columns).dropna(subset=columns)
     return cached[["path", *columns]], changed
+
+
+def _hash_all(workdir: Path, readable: pd.DataFrame, root: Path, kinds: tuple[str, ...],
+              workers: int | None, quiet: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Hash columns for every readable file: cached ones reused, each new content hashed once.
+
+    Returns (path + hash columns, the freshly hashed rows with hash_error, counts).
+    """
+    columns = hash_columns(kinds)
+    cached, changed = _cached_hashes(workdir, readable, root, columns)
+    todo = readable[~readable["path"].isin(cached["path"])]
+    stale = todo["path"].isin(changed)   # its sha256 is out of date: hash it on its own
+    known = readable.loc[readable["path"].isin(cached["path"]), "sha256"]
+    pick = todo[stale | (~todo["sha256"].isin(known) & ~todo["sha256"].duplicated())]
+    started = time.time()
+    fresh = hash_files([str(root / p) for p in pick["path"]], kinds, workers=workers, quiet=quiet)
+    seconds = time.time() - started
+    fresh.insert(0, "path", pick["path"].to_numpy())
+    computed = pd.concat([cached, fresh.loc[~stale[pick.index].to_numpy(), ["path", *columns]]])
+    by_content = readable[["path", "sha256"]].merge(computed, on="path").drop(columns="path")
+    same = todo[~stale & ~todo["path"].isin(pick["path"])][["path", "sha256"]].merge(
+        by_content.drop_duplicates("sha256"), on="sha256")
+    hashes = pd.concat([cached, fresh[["path", *columns]], same[["path", *columns]]],
+                       ignore_index=True)
+    counts = {"reused": len(cached) + len(same), "changed": len(changed), "seconds": seconds}
+    return hashes, fresh, counts
 
 
 def dedupe(config: DatasetConfig, workdir: Path, *, kinds: str | Sequence[str] = DEFAULT_KINDS,
@@ -314,23 +135,8 @@ def dedupe(config: DatasetConfig, workdir: Path, *, kinds: str | Sequence[str] =
     columns = hash_columns(kinds)
     with workdir_lock(workdir):
         manifest = read_manifest(workdir, required=_SCAN_NEEDS)
-        cached, changed = _cached_hashes(workdir, manifest, root, columns)
         readable = manifest[manifest["readable"].astype(bool)]
-        todo = readable[~readable["path"].isin(cached["path"])]
-        stale = todo["path"].isin(changed)   # its sha256 is out of date: hash it on its own
-        known = readable.loc[readable["path"].isin(cached["path"]), "sha256"]
-        pick = todo[stale | (~todo["sha256"].isin(known) & ~todo["sha256"].duplicated())]
-        hash_started = time.time()
-        fresh = hash_files([str(root / p) for p in pick["path"]], kinds, workers=workers,
-                           quiet=quiet)
-        hash_seconds = time.time() - hash_started
-        fresh.insert(0, "path", pick["path"].to_numpy())
-        computed = pd.concat([cached, fresh.loc[~stale[pick.index].to_numpy(), ["path", *columns]]])
-        by_content = readable[["path", "sha256"]].merge(computed, on="path").drop(columns="path")
-        same = todo[~stale & ~todo["path"].isin(pick["path"])][["path", "sha256"]].merge(
-            by_content.drop_duplicates("sha256"), on="sha256")
-        hashes = pd.concat([cached, fresh[["path", *columns]], same[["path", *columns]]],
-                           ignore_index=True)
+        hashes, fresh, counts = _hash_all(workdir, readable, root, kinds, workers, quiet)
         rows = readable[_SCAN_NEEDS].merge(hashes.dropna(subset=columns), on="path")
         rows = rows.sort_values("path").reset_index(drop=True)
         hash_arrays = {c: to_uint64(rows[c]) for c in columns}
@@ -351,13 +157,12 @@ def dedupe(config: DatasetConfig, workdir: Path, *, kinds: str | Sequence[str] =
         csv_path = workdir / "dupes.csv"
         atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False))
         sheet = contact_sheet(sheet_rows(table, root, sheet_groups), workdir / "dupes.png")
-        summary = summarize(manifest, table, fresh, cached=len(cached) + len(same),
-                            changed=len(changed),
-                            thresholds=thresholds, mirror=mirror)
+        summary = summarize(manifest, table, fresh, cached=counts["reused"],
+                            changed=counts["changed"], thresholds=thresholds, mirror=mirror)
         summary.update(csv=str(csv_path), sheet=str(sheet) if sheet else None,
-                       hash_seconds=round(hash_seconds, 2),
-                       hash_images_per_second=round(len(pick) / hash_seconds, 1)
-                       if len(pick) and hash_seconds > 0 else None,
+                       hash_seconds=round(counts["seconds"], 2),
+                       hash_images_per_second=round(len(fresh) / counts["seconds"], 1)
+                       if len(fresh) and counts["seconds"] > 0 else None,
                        group_seconds=round(group_seconds, 2),
                        seconds=round(time.time() - started, 2))
         settings = {"kinds": list(kinds), "thresholds": thresholds, "mirror": mirror,
