@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from curation.manifest import (ManifestMissing, WorkdirBusy, atomic_write, merge_columns,
+from curation.manifest import (ManifestMissing, _umask, WorkdirBusy, atomic_write, merge_columns,
                                read_manifest, unchanged_rows, workdir_lock, write_manifest)
 
 
@@ -35,6 +35,7 @@ def test_write_is_atomic_and_sorted(tmp_path):
     write_manifest(rows("b", "a"), tmp_path)
     assert read_manifest(tmp_path)["path"].tolist() == ["a", "b"]
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.parquet"]
+    assert (tmp_path / "manifest.parquet").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_failed_write_leaves_the_old_file(tmp_path):
