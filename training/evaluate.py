@@ -1,0 +1,154 @@
+"""`curate evaluate`: score a trained model on the test split, once, and show where it fails.
+
+Writes metrics.json (accuracy, macro-F1, per-class report, confusion matrix, how often the
+'not a car' / 'unsure' guard fires on real test cars and on an optional folder of non-cars),
+confusion.png, misclassified.png and predictions.csv into the workdir, or beside the model
+when another model folder is scored on this dataset's test split.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+from curation.config import DatasetConfig
+from curation.images import ImageError, load_array
+from curation.manifest import (ManifestMissing, atomic_write, atomic_write_json, read_manifest,
+                               record_run, workdir_lock)
+from curation.sheets import contact_sheet
+
+from .data import encode_labels, load_pixels, pixel_cache_dir, split_rows
+from .plots import confusion_matrix_plot
+from .predict import NOT_A_CAR, UNSURE, Predictor
+from .train import MODEL_DIR
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def score(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    labels = list(range(len(classes)))
+    y_pred = probs.argmax(axis=1)
+    report = classification_report(y_true, y_pred, labels=labels, target_names=list(classes),
+                                   output_dict=True, zero_division=0)
+    per_class = {name: {k: round(float(v), 4) for k, v in report[name].items()} for name in classes}
+    return {
+        "accuracy": round(float((y_pred == y_true).mean()), 4),
+        "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro",
+                                         zero_division=0)), 4),
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def guard_rates(verdicts: list[str], y_true: np.ndarray | None = None, classes=None) -> dict:
+    """How often the guard answers 'not a car' / 'unsure', and accuracy where it does answer."""
+    verdicts = np.asarray(verdicts, dtype=object)
+    rates = {"not_a_car": round(float((verdicts == NOT_A_CAR).mean()), 4) if len(verdicts) else None,
+             "unsure": round(float((verdicts == UNSURE).mean()), 4) if len(verdicts) else None}
+    if y_true is not None:
+        answered = (verdicts != NOT_A_CAR) & (verdicts != UNSURE)
+        truth = np.asarray(classes, dtype=object)[y_true]
+        rates["accuracy_when_answered"] = (round(float((verdicts[answered] == truth[answered]).mean()), 4)
+                                           if answered.any() else None)
+    return rates
+
+
+def misclassified_rows(frame: pd.DataFrame, root: Path, per_row: int = 8) -> list:
+    """Contact-sheet rows, one per true class, of its wrong predictions (most confident first)."""
+    wrong = frame[frame["label"] != frame["predicted"]].sort_values("confidence", ascending=False)
+    return [(f"true {label}: {len(group)} wrong",
+             [(Path(root) / path, f"-> {pred}\n{conf:.2f}")
+              for path, pred, conf in zip(group["path"], group["predicted"], group["confidence"])][:per_row])
+            for label, group in wrong.groupby("label", sort=True)]
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def ood_folder_rates(predictor: Predictor, folder: Path, batch_size: int) -> dict:
+    """Guard rates on a folder of images that are not of any trained class (e.g. non-car photos)."""
+    arrays = []
+    for path in _folder_images(folder):
+        try:
+            arrays.append(load_array(path, predictor.image_size))
+        except (ImageError, OSError):
+            continue
+    if not arrays:
+        return {"folder": str(folder), "images": 0}
+    probs, distances = predictor.scores(np.stack(arrays), batch_size=batch_size)
+    rates = guard_rates(predictor.verdicts(probs, distances))
+    return {"folder": str(folder), "images": len(arrays), **rates,
+            "flagged": round(rates["not_a_car"] + rates["unsure"], 4)}
+
+
+def evaluate(config: DatasetConfig, workdir: Path, *, model_dir: Path | None = None,
+             ood_folder: Path | None = None, batch_size: int = 32, workers: int | None = None,
+             quiet: bool = False) -> dict:
+    """Score the model on the workdir's test split; write metrics.json and plots; return the summary."""
+    started = time.time()
+    workdir = Path(workdir)
+    out = Path(model_dir) if model_dir else workdir
+    model_dir = Path(model_dir) if model_dir else workdir / MODEL_DIR
+    predictor = Predictor(model_dir)
+    classes = predictor.classes
+    with workdir_lock(workdir):
+        manifest = read_manifest(workdir, required=["path", "label"])
+        if "split" not in manifest.columns:
+            raise ManifestMissing("the manifest has no 'split' column: run `curate split` first")
+        rows = split_rows(manifest, ("test",))
+        pixels, rows, failures = load_pixels(rows, config.root, predictor.image_size,
+                                             pixel_cache_dir(workdir), workers=workers, quiet=quiet)
+        y = encode_labels(rows["label"], classes)
+        known = y >= 0
+        rows, y = rows[known].reset_index(drop=True), y[known]
+        if not len(rows):
+            raise ManifestMissing("the test split holds no image of a class the model knows")
+        probs, distances = predictor.scores(pixels, rows["slot"].to_numpy(), batch_size=batch_size,
+                                            verbose=0 if quiet else 2)
+        verdicts = predictor.verdicts(probs, distances)
+        metrics = {"dataset": config.name, "model_dir": str(model_dir), "test_images": int(len(y)),
+                   "test_rows_with_unknown_class": int((~known).sum()),
+                   "left_out": [f"{p}: {r}" for p, r in failures],
+                   **score(y, probs, classes), "guard_on_test": guard_rates(verdicts, y, classes)}
+        if ood_folder is not None:
+            metrics["guard_on_ood_folder"] = ood_folder_rates(predictor, ood_folder, batch_size)
+        frame = rows[["path", "label"]].assign(
+            predicted=np.asarray(classes, dtype=object)[probs.argmax(axis=1)],
+            confidence=probs.max(axis=1).round(4), ood_distance=np.round(distances, 4),
+            verdict=verdicts)
+        atomic_write(out / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
+        confusion_matrix_plot(np.asarray(metrics["confusion_matrix"]), classes,
+                              out / "confusion.png")
+        sheet = contact_sheet(misclassified_rows(frame, config.root), out / "misclassified.png")
+        metrics["misclassified_sheet"] = str(sheet) if sheet else None
+        metrics["seconds"] = round(time.time() - started, 1)
+        metrics["out_dir"] = str(out)
+        atomic_write_json(out / "metrics.json", metrics)
+        summary = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
+        record_run(workdir, "evaluate", settings={"model_dir": str(model_dir),
+                                                  "ood_folder": str(ood_folder) if ood_folder else None},
+                   summary=summary, started=started)
+    return metrics
+
+
+def describe(metrics: dict) -> str:
+    """A short human summary: headline scores, weakest classes, guard rates, where files went."""
+    weakest = sorted(metrics["per_class"].items(), key=lambda item: item[1]["f1-score"])[:3]
+    guard = metrics["guard_on_test"]
+    lines = [f"Test: accuracy {metrics['accuracy']}, macro-F1 {metrics['macro_f1']} on "
+             f"{metrics['test_images']} images of {len(metrics['per_class'])} classes.",
+             "Weakest classes (F1): " + ", ".join(f"{name} {m['f1-score']:.2f}" for name, m in weakest),
+             f"Guard on test cars: {guard['not_a_car']:.1%} 'not a car', {guard['unsure']:.1%} "
+             f"'unsure'; accuracy when it answers {guard['accuracy_when_answered']}."]
+    if "guard_on_ood_folder" in metrics:
+        ood = metrics["guard_on_ood_folder"]
+        lines.append(f"Guard on {ood['images']} images of {ood['folder']}: "
+                     f"{ood.get('flagged', 0):.1%} flagged ({ood.get('not_a_car', 0):.1%} not a car).")
+    lines.append(f"Wrote {metrics['out_dir']}/metrics.json, confusion.png, misclassified.png, "
+                 f"predictions.csv")
+    return "\n".join(lines)
