@@ -537,5 +537,52 @@ def dedupe(config: DatasetConfig, workdir: Path, quiet: bool, kinds, threshold, 
     return summary, dedupe_step.describe
 
 
+@main.command("flag-noise")
+@dataset_command
+@click.option("--backbone", type=click.Choice(BACKBONES),
+              help="Embedding backbone (default: datasets.yaml, else mobilenet_v2).")
+@click.option("--weights", help="imagenet (a file from $CURATE_WEIGHTS, else Keras downloads it), "
+              "a no-top weights file, or none (default: datasets.yaml).")
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True,
+              help="Cross-validation folds of the mislabel head.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same flags.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Flag when noise_score >= this (default: automatic, each signal's own cut "
+              "from confident learning's noise-rate estimate and robust z-scores).")
+@click.option("--max-flag-rate", type=click.FloatRange(0, 1, min_open=True), default=0.3,
+              show_default=True, help="Flag at most this fraction of images (top scores).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Images per embedding batch.")
+@click.option("--tta/--no-tta", default=True, show_default=True,
+              help="Average each embedding with its mirror image's (2x slower, finds more).")
+@click.option("--workers", type=click.IntRange(1, 64), help="Image-loading threads.")
+@click.option("--audit", is_flag=True, help="Also plant known noise in memory (5%% wrong labels, "
+              "and outside photos with --noncar-dir) and report how much of it is caught.")
+@click.option("--noncar-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of non-car photos for --audit to plant (never copied).")
+def flag_noise(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weights, folds, seed,
+               threshold, max_flag_rate, batch_size, tta, workers, audit, noncar_dir):
+    """Flag non-car photos, wrong labels and outliers from backbone embeddings.
+
+    \b
+    Example: curate flag-noise stanford-cars-25
+             curate flag-noise ~/photos/cars --weights ~/mobilenet_v2_no_top.h5
+             curate flag-noise stanford-cars-25 --audit --noncar-dir ~/non-car
+    Embeddings are cached in <workdir>/embeddings (only new files are embedded again). Adds
+    noise_score, noise_flag, noise_reason, suggested_label and one column per signal to the
+    manifest, and writes noise.csv, noise_suspects.png and noise_scores.png. Files are never
+    changed.
+    """
+    from curation import noise
+
+    if noncar_dir is not None and not audit:
+        raise click.UsageError("--noncar-dir is used by --audit; add --audit")
+    summary = noise.flag_noise(config, workdir, backbone=backbone, weights=weights, folds=folds,
+                               seed=seed, threshold=threshold, max_flag_rate=max_flag_rate,
+                               batch_size=batch_size, tta=tta, workers=workers, audit=audit,
+                               noncar_dir=noncar_dir, quiet=quiet)
+    return summary, noise.describe
+
+
 if __name__ == "__main__":
     sys.exit(main())

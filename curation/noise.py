@@ -1,0 +1,264 @@
+"""`curate flag-noise`: embed each image once, score non-car, outlier and mislabel signals, and
+write the flags into the manifest with a CSV, a contact sheet and a score histogram.
+
+The signals themselves are pure functions in noise_signals.py; this module does the I/O.
+
+Judging happens per unit: one image, or one duplicate group (dedupe's dup_of, or identical
+bytes) with one label, so copies are embedded and judged once and never straddle folds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import ConfigError, DatasetConfig, check_root
+from .embed import embed_files, embed_manifest, representatives
+from .manifest import (NOISE_COLUMNS, atomic_write, merge_columns, read_manifest, record_run,
+                       workdir_lock, write_manifest)
+from .noise_signals import REASONS, SIGNAL_COLUMNS, NoiseParams, decide, noise_signals
+from .sheets import contact_sheet
+
+OUTPUT_COLUMNS = [*NOISE_COLUMNS, *SIGNAL_COLUMNS]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def judging_units(rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """(unit index per row, units table with rep path, label and fold group per unit)."""
+    keys = pd.DataFrame({"rep": representatives(rows).to_numpy(),
+                         "label": rows["label"].astype("string").to_numpy()})
+    codes = keys.groupby(["rep", "label"], sort=False, dropna=False).ngroup().to_numpy()
+    units = keys.drop_duplicates().reset_index(drop=True)   # first-appearance order, as ngroup
+    units["group"] = pd.factorize(units["rep"])[0]
+    return codes, units
+
+
+def class_ids(labels: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """Integer class ids (-1 for unlabelled) and the sorted class names."""
+    classes = sorted(labels.dropna().unique())
+    lookup = {name: i for i, name in enumerate(classes)}
+    return np.array([lookup.get(v, -1) if pd.notna(v) else -1 for v in labels]), classes
+
+
+def judge(rows: pd.DataFrame, vectors: np.ndarray, params: NoiseParams, *,
+          threshold: float | None, max_flag_rate: float | None) -> tuple[pd.DataFrame, dict]:
+    """Noise columns for `rows` (aligned, same index) from their embeddings, plus detector info."""
+    codes, units = judging_units(rows)
+    first_row = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
+    labels, classes = class_ids(units["label"])
+    signals = noise_signals(vectors[first_row], labels, groups=units["group"].to_numpy(),
+                            params=params)
+    per_row = signals.table.iloc[codes].reset_index(drop=True)
+    decisions = decide(per_row, params=params, threshold=threshold, max_flag_rate=max_flag_rate)
+    uncapped = decide(per_row, params=params, threshold=threshold)["noise_flag"].sum()
+    pred = per_row["pred_label"].to_numpy()
+    suggested = pd.Series([classes[p] if p >= 0 else pd.NA for p in pred], dtype="string")
+    given = rows["label"].astype("string").reset_index(drop=True)
+    keep = decisions["noise_reason"].isin(["mislabel", "outlier"]) & (suggested != given)
+    out = pd.concat([decisions, per_row[SIGNAL_COLUMNS]], axis=1)
+    out["suggested_label"] = suggested.where(keep.fillna(False), pd.NA)
+    out.insert(0, "path", rows["path"].to_numpy())
+    info = dict(signals.info, units=int(len(units)), classes=len(classes),
+                uncapped_flags=int(uncapped))
+    return out[["path", *OUTPUT_COLUMNS]], info
+
+
+def outside_photos(folder: Path) -> list[str]:
+    """Absolute paths of the images directly or deeper under folder, sorted."""
+    if not Path(folder).is_dir():
+        raise ConfigError(f"--noncar-dir {folder}: not a folder")
+    return sorted(str(p.resolve()) for p in Path(folder).rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def flag_noise(config: DatasetConfig, workdir: Path, *, backbone: str | None = None,
+               weights: str | None = None, folds: int = 5, seed: int = 0,
+               threshold: float | None = None, max_flag_rate: float | None = 0.3,
+               batch_size: int = 32, tta: bool = True, audit: bool = False,
+               noncar_dir: Path | None = None, audit_rate: float = 0.05,
+               workers: int | None = None, quiet: bool = False) -> dict:
+    """Flag suspect images in <workdir>/manifest.parquet and write the noise outputs."""
+    started = time.time()
+    check_root(config)
+    workdir = Path(workdir).resolve()
+    backbone = backbone or config.backbone
+    weights = weights or config.weights
+    params = NoiseParams(folds=folds, seed=seed)
+    embed_options = dict(backbone=backbone, weights=weights, image_size=config.image_size,
+                         batch_size=batch_size, tta=tta, seed=seed, loaders=workers,
+                         quiet=quiet)
+    with workdir_lock(workdir):
+        manifest = read_manifest(workdir, required=["path", "label", "readable", "bytes", "mtime"])
+        rows = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
+        run = embed_manifest(rows, config.root, workdir, **embed_options)
+        ok = ~np.isnan(run.vectors).any(axis=1) if run.vectors.size else np.zeros(len(rows), bool)
+        rows, vectors = rows[ok].reset_index(drop=True), run.vectors[ok]
+        if len(rows) < 3:
+            raise ConfigError(f"dataset '{config.name}': only {len(rows)} readable images could "
+                              f"be embedded; flag-noise needs at least 3")
+        flags, info = judge(rows, vectors, params, threshold=threshold, max_flag_rate=max_flag_rate)
+        manifest = merge_columns(manifest, _typed(flags))
+        write_manifest(manifest, workdir)
+        shown = flags.assign(label=rows["label"].to_numpy(),
+                             rep=representatives(rows).to_numpy())
+        outputs = write_outputs(shown, config.root, workdir, threshold)
+        summary = summarize(flags, info, run, outputs, threshold=threshold,
+                            max_flag_rate=max_flag_rate, seconds=time.time() - started)
+        summary.update(backbone=backbone, weights=str(weights))
+        if audit:
+            summary["audit"] = run_audit(rows, vectors, workdir, noncar_dir, params,
+                                         rate=audit_rate, embed_options=embed_options)
+        settings = {"backbone": backbone, "weights": str(weights), "image_size": config.image_size,
+                    "tta": tta, "threshold": threshold, "max_flag_rate": max_flag_rate,
+                    "audit": audit, "noncar_dir": str(noncar_dir) if noncar_dir else None,
+                    **asdict(params)}
+        summary["seconds"] = round(time.time() - started, 2)
+        record_run(workdir, "flag-noise", settings=settings, summary=summary, started=started)
+    return summary
+
+
+def _typed(flags: pd.DataFrame) -> pd.DataFrame:
+    """Stable dtypes so Parquet schemas match across runs."""
+    return flags.astype({"noise_score": "float64", "noise_flag": "boolean",
+                         "noise_reason": "string", "suggested_label": "string",
+                         **{c: "float64" for c in SIGNAL_COLUMNS}})
+
+
+def run_audit(rows: pd.DataFrame, vectors: np.ndarray, workdir: Path, noncar_dir: Path | None,
+              params: NoiseParams, *, rate: float, embed_options: dict) -> dict:
+    """Plant `rate` mislabels (and outside photos from noncar_dir) in memory and score detection."""
+    from .audit import audit
+
+    codes, units = judging_units(rows)
+    first_row = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
+    labels, _ = class_ids(units["label"])
+    outside = None
+    if noncar_dir is not None:
+        photos = outside_photos(noncar_dir)
+        embedded = embed_files(photos, workdir, **embed_options).vectors
+        outside = embedded[~np.isnan(embedded).any(axis=1)] if embedded.size else None
+    return audit(vectors[first_row], labels, units["group"].to_numpy(), outside=outside,
+                 mislabel_rate=rate, outside_rate=rate if outside is not None else 0.0,
+                 params=params)
+
+
+def write_outputs(flags: pd.DataFrame, root: Path, workdir: Path,
+                  threshold: float | None) -> dict[str, str | None]:
+    """noise.csv of flagged rows, a contact sheet of top suspects per reason (one tile per
+    duplicate group, via the `rep` column), a score histogram."""
+    flagged = flags[flags["noise_flag"]].sort_values("noise_score", ascending=False)
+    columns = ["path", "label", "noise_reason", "noise_score", "suggested_label", *SIGNAL_COLUMNS]
+    csv = atomic_write(Path(workdir) / "noise.csv",
+                       lambda tmp: flagged[columns].to_csv(tmp, index=False, float_format="%.4f"))
+    rows = []
+    for reason in REASONS:
+        top = flagged[flagged["noise_reason"] == reason].drop_duplicates("rep").head(16)
+        for part in range(0, len(top), 8):
+            rows.append((f"{reason} (top {part + 1}-{min(part + 8, len(top))} of "
+                         f"{int((flagged['noise_reason'] == reason).sum())})",
+                         [(Path(root) / r.path, _caption(r)) for r in top.iloc[part:part + 8].itertuples()]))
+    sheet = contact_sheet(rows, Path(workdir) / "noise_suspects.png")
+    histogram = write_histogram(flags, Path(workdir) / "noise_scores.png",
+                                0.5 if threshold is None else threshold)
+    return {"csv": str(csv), "contact_sheet": str(sheet) if sheet else None,
+            "histogram": str(histogram)}
+
+
+def _caption(row) -> str:
+    """Given label on the first line; score and the suggested label on the second."""
+    label = row.label if pd.notna(row.label) else "(no label)"
+    suggestion = f" -> {row.suggested_label}" if pd.notna(row.suggested_label) else ""
+    return f"{label}\n{row.noise_score:.2f}{suggestion}"
+
+
+def write_histogram(flags: pd.DataFrame, out: Path, threshold: float) -> Path:
+    """Stacked histogram of noise_score by reason (log counts) with the threshold line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3.5), dpi=110)
+    bins = np.linspace(0, 1, 41)
+    reasons = flags["noise_reason"].fillna("not flagged")
+    names = ["not flagged", *REASONS]
+    axis.hist([flags.loc[reasons == name, "noise_score"] for name in names], bins=bins,
+              stacked=True, label=names, log=True)
+    axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label="threshold")
+    axis.set_xlabel("noise_score (higher = more suspect)")
+    axis.set_ylabel("images")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    atomic_write(out, lambda tmp: figure.savefig(tmp, format="png"))
+    plt.close(figure)
+    return out
+
+
+def summarize(flags: pd.DataFrame, info: dict, run, outputs: dict, *, threshold, max_flag_rate,
+              seconds: float) -> dict:
+    """Counts per reason, the thresholds used, embedding figures and the top suspects."""
+    flagged = flags[flags["noise_flag"]].sort_values("noise_score", ascending=False)
+    by_reason = {r: int((flagged["noise_reason"] == r).sum()) for r in REASONS}
+    capped = info["uncapped_flags"] > len(flagged)
+    return {
+        "images": int(len(flags)), "flagged": int(len(flagged)),
+        "flagged_rate": round(len(flagged) / len(flags), 4) if len(flags) else 0.0,
+        "noise_rate": round((info.get("non_car_estimate", 0) + info.get("mislabel_estimate", 0))
+                            / max(info["units"], 1), 4),
+        "by_reason": by_reason,
+        "threshold": "auto (0.5: each signal's own cut)" if threshold is None else threshold,
+        "max_flag_rate": max_flag_rate, "capped_by_max_flag_rate": bool(capped),
+        "detector": info,
+        "embeddings": {"cache_file": str(run.cache_file), "computed": run.computed,
+                       "reused": run.reused, "images_per_second": run.images_per_second,
+                       "failed": dict(sorted(run.failed.items()))},
+        "top": {r: flagged.loc[flagged["noise_reason"] == r, "path"].head(5).tolist()
+                for r in REASONS},
+        "outputs": outputs, "seconds": round(seconds, 2),
+    }
+
+
+def describe(summary: dict) -> str:
+    """A short human summary of a flag-noise run."""
+    emb, det = summary["embeddings"], summary["detector"]
+    speed = f" at {emb['images_per_second']} img/s" if emb["images_per_second"] else ""
+    lines = [f"Flagged {summary['flagged']} of {summary['images']} images "
+             f"({summary['flagged_rate']:.1%}): " +
+             ", ".join(f"{k} {v}" for k, v in summary["by_reason"].items()) +
+             f"; threshold {summary['threshold']}.",
+             f"Embedded {emb['computed']} images{speed}, reused {emb['reused']} cached; "
+             f"{det['units']} units judged in {summary['seconds']} s."]
+    if "mislabel_estimate" in det:
+        lines.append(f"Confident learning estimates {det['mislabel_estimate']} wrong labels "
+                     f"among {det['judged_for_mislabel']}; cross-validated head agrees with "
+                     f"{det['probe_agreement']:.1%} of given labels.")
+    elif "mislabel" in det:
+        lines.append(f"Mislabel check {det['mislabel']}.")
+    if summary["capped_by_max_flag_rate"]:
+        lines.append(f"Capped by --max-flag-rate {summary['max_flag_rate']}: "
+                     f"{det['uncapped_flags']} images pass the threshold; raise it to see all.")
+    for path, reason in emb["failed"].items():
+        lines.append(f"  could not embed {path}: {reason}")
+    for reason, paths in summary["top"].items():
+        if paths:
+            lines.append(f"  top {reason}: " + ", ".join(paths[:3]))
+    if "audit" in summary:
+        lines.append(describe_audit(summary["audit"]))
+    lines.append("Wrote " + ", ".join(p for p in summary["outputs"].values() if p) + ".")
+    return "\n".join(lines)
+
+
+def describe_audit(result: dict) -> str:
+    """One line per planted kind: how much of it the detector caught."""
+    lines = ["Audit (noise planted in memory; your files untouched):"]
+    for kind in ("non_car", "mislabel"):
+        if kind in result:
+            r = result[kind]
+            lines.append(f"  {kind}: planted {r['planted']}, recall {r['recall']:.1%}, "
+                         f"precision {r['precision']:.1%}, F1 {r['f1']:.2f}")
+    if "auroc" in result:
+        lines.append(f"  noise_score AUROC {result['auroc']:.3f}")
+    return "\n".join(lines)
