@@ -22,7 +22,7 @@ from typing import Callable
 import pandas as pd
 
 from .config import ConfigError, DatasetConfig, validate_backbone, validate_image_size
-from .manifest import (REVIEW_COLUMNS, ManifestMissing, atomic_write_json, read_manifest,
+from .manifest import (REVIEW_COLUMNS, ManifestMissing, atomic_write_json, read_manifest, read_run,
                        workdir_lock)
 
 STEPS = ("scan", "dedupe", "flag-noise", "split", "train", "evaluate")
@@ -60,6 +60,19 @@ class Step:
         return importlib.import_module(self.module)
 
 
+def _split_settings(config: DatasetConfig, run: RunSettings) -> dict:
+    return {"ratios": list(config.ratios), "seed": run.seed, "respect_given": run.respect_given}
+
+
+def _run_split(module, config: DatasetConfig, workdir: Path, run: RunSettings, quiet: bool) -> dict:
+    """Split; a run asked for other ratios, seed or given splits than the last one re-splits all."""
+    last = (read_run(workdir, "split") or {}).get("settings", {})
+    wanted = _split_settings(config, run)
+    changed = any(key in last and last[key] != value for key, value in wanted.items())
+    return module.split(config, workdir, seed=run.seed, respect_given=run.respect_given,
+                        reshuffle=changed, quiet=quiet)
+
+
 def _train_settings(config: DatasetConfig, run: RunSettings) -> dict:
     return {"image_size": config.image_size, "backbone": config.backbone, "weights": config.weights,
             "training": dataclasses.asdict(config.training), "seed": run.seed}
@@ -77,9 +90,7 @@ STEP_TABLE = {step.name: step for step in (
                                             workers=r.workers, quiet=q),
          lambda c, r: {"backbone": c.backbone, "weights": c.weights, "image_size": c.image_size,
                        "seed": r.seed, "threshold": r.noise_threshold}),
-    Step("split", "curation.split",
-         lambda m, c, w, r, q: m.split(c, w, seed=r.seed, respect_given=r.respect_given, quiet=q),
-         lambda c, r: {"ratios": list(c.ratios), "seed": r.seed, "respect_given": r.respect_given}),
+    Step("split", "curation.split", _run_split, _split_settings),
     Step("train", "training.train",
          lambda m, c, w, r, q: m.train(c, w, seed=r.seed, workers=r.workers, quiet=q),
          _train_settings, outputs=("model/model.keras",)),

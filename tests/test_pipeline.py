@@ -44,6 +44,9 @@ def journey(tmp_path_factory):
     runs["full"] = pipeline.run_and_report(config, workdir, quiet=True)
     runs["full_again"] = pipeline.run_pipeline(config, workdir, quiet=True)
     runs["from_evaluate"] = pipeline.run_pipeline(config, workdir, from_step="evaluate", quiet=True)
+    runs["split_before_new_seed"] = read_manifest(workdir)["split"].copy()
+    runs["new_seed"] = pipeline.run_pipeline(config, workdir, until="split", quiet=True,
+                                             settings=pipeline.RunSettings(seed=1))
     return {"config": config, "workdir": workdir, "truth": truth, "runs": runs}
 
 
@@ -82,6 +85,12 @@ def test_from_reruns_that_step_only_when_later_ones_are_current(journey):
     assert statuses(summary) == {"evaluate": "ran"}
     metrics = json.loads((journey["workdir"] / "metrics.json").read_text())
     assert 0 <= metrics["accuracy"] <= 1 and metrics["test_images"] > 0
+
+
+def test_another_seed_re_splits_instead_of_refusing(journey):
+    assert statuses(journey["runs"]["new_seed"])["split"] == "ran"
+    after = read_manifest(journey["workdir"])["split"]
+    assert not after.equals(journey["runs"]["split_before_new_seed"])
 
 
 def test_full_run_writes_report_with_model_sections(journey):
