@@ -175,7 +175,7 @@ def easy_set(tmp_path_factory):
 
 def _copy_workdir(source: Path, tmp_path: Path) -> Path:
     workdir = tmp_path / "work"
-    workdir.mkdir()
+    workdir.mkdir(parents=True)
     write_manifest(read_manifest(source), workdir)
     return workdir
 
@@ -211,7 +211,7 @@ def test_train_evaluate_predict_learn_the_easy_set(easy_set, curate_weights, tmp
     assert answers[1]["verdict"] in (NOT_A_CAR, UNSURE), answers[1]
 
 
-def test_random_init_run_writes_every_artifact_and_answers_each_image(easy_set, tmp_path):
+def test_random_init_run_writes_every_artifact_answers_each_image_and_repeats(easy_set, tmp_path):
     from training.evaluate import evaluate
     from training.predict import predict
     from training.train import train
@@ -224,6 +224,10 @@ def test_random_init_run_writes_every_artifact_and_answers_each_image(easy_set, 
     assert (summary["train_images"], summary["val_images"], summary["fine_tune_epochs"]) == (20, 8, 1)
     history = pd.read_csv(workdir / "model" / "history.csv")
     assert history["phase"].tolist() == ["head", "fine_tune"]
+    again = _copy_workdir(source, tmp_path / "again")
+    train(config, again, seed=0, workers=1, quiet=True)
+    metrics = ["loss", "val_loss", "accuracy", "val_accuracy"]
+    assert pd.read_csv(again / "model" / "history.csv")[metrics].equals(history[metrics])  # same seed
     assert evaluate(config, workdir, workers=1, quiet=True)["test_images"] == 12
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")

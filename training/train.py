@@ -73,10 +73,9 @@ def select_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:
 class BestEpoch(keras.callbacks.Callback):
     """Keep the epoch with the best val accuracy (ties: lower val loss), save it, stop when stale."""
 
-    def __init__(self, patience: int, *, best=(-np.inf, -np.inf), save_to: Path | None = None,
-                 full_model: keras.Model | None = None):
+    def __init__(self, patience: int, *, best=(-np.inf, -np.inf), save_to: Path | None = None):
         super().__init__()
-        self.patience, self.best, self.save_to, self.full_model = patience, best, save_to, full_model
+        self.patience, self.best, self.save_to = patience, best, save_to
         self.best_epoch, self.wait, self.best_weights = None, 0, None
 
     def on_train_begin(self, logs=None):
@@ -88,7 +87,7 @@ class BestEpoch(keras.callbacks.Callback):
             self.best, self.best_epoch, self.wait = score, epoch, 0
             self.best_weights = self.model.get_weights()
             if self.save_to is not None:
-                save_classifier(self.full_model or self.model, self.save_to)
+                save_classifier(self.model, self.save_to)
         else:
             self.wait += 1
             self.model.stop_training = self.wait >= self.patience
