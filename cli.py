@@ -253,7 +253,7 @@ def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, **options) -> d
 @click.option("--backbone", type=click.Choice(BACKBONES), help="Backbone (default: datasets.yaml).")
 @click.option("--weights", help="imagenet, none, or a no-top weights file "
               "(default: datasets.yaml).")
-@click.option("--epochs", type=click.IntRange(0), help="Head epochs (default: datasets.yaml).")
+@click.option("--epochs", type=click.IntRange(1), help="Head epochs (default: datasets.yaml).")
 @click.option("--fine-tune-epochs", type=click.IntRange(0), help="Fine-tuning epochs.")
 @click.option("--batch-size", type=click.IntRange(1), help="Training batch size.")
 @click.option("--noise-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
