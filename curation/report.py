@@ -137,7 +137,7 @@ def duplicates_section(ctx: Context) -> str:
         report = leak_report(m, "given_split", groups=groups)
         leaking = [g["group"] for g in report["groups"]]
         pairs = ", ".join(f"{pair}: {n}" for pair, n in report["pairs"].items()) or "none"
-        body += (f"<h3>Leaks across the given split folders</h3>"
+        body += ("<h3>Leaks across the given split folders</h3>"
                  + h.paragraph(f"{report['leaking_groups']} duplicate groups "
                                f"({report['leaking_images']} images) cross the given splits; "
                                f"groups per split pair: {pairs}. A test image with a copy in "

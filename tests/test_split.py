@@ -230,10 +230,10 @@ def test_added_images_are_placed_and_old_ones_stay(scanned, make_image):
 
 def test_respect_given_reports_and_fixes_crossing_groups(tmp_path, make_image):
     root = tmp_path / "data"
-    for g, given in enumerate(("train", "validation", "test")):
+    for g, folder in enumerate(("train", "validation", "test")):
         for c, label in enumerate(("swift", "wagonr")):
             for i in range(4):
-                make_image(root / given / label / f"{i}.jpg", seed=100 * g + 10 * c + i)
+                make_image(root / folder / label / f"{i}.jpg", seed=100 * g + 10 * c + i)
     shutil.copy(root / "train" / "swift" / "0.jpg", root / "test" / "swift" / "dup.jpg")
     config = DatasetConfig(name="given", root=root, layout="split_class_folders")
     scan(config, tmp_path / "w", workers=1, quiet=True)
