@@ -43,10 +43,15 @@ def manifest_path(workdir: Path) -> Path:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp) on a temp file beside path, then rename it over path in one step."""
+    """Call write(tmp) on a temp file beside path, then rename it over path in one step.
+
+    The temp file ends in path's own suffix, so writers that insist on one (Keras's `.keras`,
+    NumPy's `.npy`) write exactly the file they are given.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}",
+                               dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))

@@ -38,6 +38,13 @@ def test_write_is_atomic_and_sorted(tmp_path):
     assert (tmp_path / "manifest.parquet").stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
+def test_temp_file_keeps_the_suffix_so_numpy_writes_it_as_given(tmp_path):
+    import numpy as np
+    target = atomic_write(tmp_path / "means.npy", lambda tmp: np.save(tmp, np.arange(3)))
+    assert np.load(target).tolist() == [0, 1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["means.npy"]
+
+
 def test_failed_write_leaves_the_old_file(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("old")
