@@ -77,18 +77,16 @@ def health_section(ctx: Context) -> str:
     m = ctx.manifest
     readable = m[m["readable"].astype(bool)]
     bad = m[~m["readable"].astype(bool)]
-    labels = readable["label"].dropna()
+    counts = readable["label"].value_counts()
     body = h.stats([("files", len(m)), ("readable", len(readable)), ("unreadable", len(bad)),
-                    ("classes", labels.nunique()), ("unlabelled", int(readable["label"].isna().sum()))])
-    split_col = "given_split" if m["given_split"].notna().any() else None
-    if split_col:
-        headers, rows = crosstab(readable.assign(given_split=readable["given_split"]), "label", split_col)
+                    ("classes", len(counts)), ("unlabelled", int(readable["label"].isna().sum()))])
+    if m["given_split"].notna().any():
+        headers, rows = crosstab(readable, "label", "given_split")
         body += "<h3>Readable images per class and given split folder</h3>" + h.table(headers, rows)
     else:
-        counts = labels.value_counts().sort_index()
         body += "<h3>Readable images per class</h3>" + h.table(
-            ["class", "images"], [[k, int(v)] for k, v in counts.items()])
-    if len(counts := readable["label"].value_counts()) > 1:
+            ["class", "images"], [[k, int(v)] for k, v in counts.sort_index().items()])
+    if len(counts) > 1:
         body += h.paragraph(f"Largest class / smallest class: {counts.max()} / {counts.min()} "
                             f"(imbalance {counts.max() / counts.min():.1f}x).")
     if len(bad):
@@ -111,11 +109,11 @@ def _groups(ctx: Context) -> tuple[pd.Series, str | None]:
 def _group_gallery(ctx: Context, members: pd.DataFrame, title: str, leak_splits=()) -> str:
     figures = []
     for row in members.sort_values("path").itertuples():
-        keeper = bool(getattr(row, "dup_keeper", False)) if ctx.has("dup_keeper") else False
-        distance = getattr(row, "dup_distance", None) if ctx.has("dup_distance") else None
+        keeper = bool(getattr(row, "dup_keeper", False))
+        distance = getattr(row, "dup_distance", None)
         where = row.given_split if isinstance(row.given_split, str) else ""
         lines = [short(row.path), f"{where} {'keeper' if keeper else ''}".strip()]
-        reason = getattr(row, "dup_reason", None) if ctx.has("dup_reason") else None
+        reason = getattr(row, "dup_reason", None)
         if not keeper and isinstance(reason, str):
             lines.append(reason + (f", {int(distance)} bits" if pd.notna(distance) else ""))
         cls = "leak" if where in leak_splits else ("keeper" if keeper else "")
@@ -176,7 +174,7 @@ def noise_section(ctx: Context) -> str:
         top = group.sort_values("noise_score", ascending=False).head(MAX_PER_REASON)
         figures = []
         for row in top.itertuples():
-            suggestion = getattr(row, "suggested_label", None) if ctx.has("suggested_label") else None
+            suggestion = getattr(row, "suggested_label", None)
             label = f"{row.label} → {suggestion}" if isinstance(suggestion, str) else str(row.label)
             figures.append(h.figure(ctx.thumb(row.path), [short(row.path), label,
                                                           f"score {row.noise_score:.2f}"], "flag", row.path))
