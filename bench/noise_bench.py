@@ -69,13 +69,12 @@ def bench_backbone(args, config, workdir: Path, rows, noncar: list[str], backbon
     run = embed_manifest(rows, config.root, workdir, **options)
     outside = embed_files(noncar, workdir, **options)
     embed_seconds = time.perf_counter() - started
-    codes, units = judging_units(rows)
-    first_row = np.unique(codes, return_index=True)[1]
+    _, units = judging_units(rows)
     labels, _ = class_ids(units["label"])
     results, judge_seconds = [], []
     for seed in range(args.seeds):
         started = time.perf_counter()
-        results.append(audit(run.vectors[first_row], labels, units["group"].to_numpy(),
+        results.append(audit(run.vectors[units["row"].to_numpy()], labels, units["group"].to_numpy(),
                              outside=outside.vectors, mislabel_rate=args.rate,
                              outside_rate=args.rate, params=NoiseParams(seed=seed)))
         judge_seconds.append(time.perf_counter() - started)

@@ -94,8 +94,7 @@ def _identity(files: Sequence[str], root: Path | None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "bytes", "mtime"])
 
 
-def _load(args: tuple[Path, int]) -> np.ndarray | str:
-    path, size = args
+def _load(path: Path, size: int) -> np.ndarray | str:
     try:
         return load_array(path, size)
     except (ImageError, OSError) as exc:
@@ -108,7 +107,7 @@ def _batches(paths: list[Path], size: int, batch_size: int, loaders: int | None 
     with ThreadPoolExecutor(max_workers=loaders or min(4, os.cpu_count() or 1)) as pool:
         queue: deque[list] = deque()
         for start in range(0, len(paths), batch_size):
-            queue.append([pool.submit(_load, (p, size)) for p in paths[start:start + batch_size]])
+            queue.append([pool.submit(_load, p, size) for p in paths[start:start + batch_size]])
             if len(queue) > prefetch:
                 yield [job.result() for job in queue.popleft()]
         while queue:

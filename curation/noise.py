@@ -27,11 +27,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 def judging_units(rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
-    """(unit index per row, units table with rep path, label and fold group per unit)."""
+    """(unit index per row, units table with rep path, label, first row and fold group per unit)."""
     keys = pd.DataFrame({"rep": representatives(rows).to_numpy(),
                          "label": rows["label"].astype("string").to_numpy()})
     codes = keys.groupby(["rep", "label"], sort=False, dropna=False).ngroup().to_numpy()
-    units = keys.drop_duplicates().reset_index(drop=True)   # first-appearance order, as ngroup
+    # first-appearance order, as ngroup; `row` is the unit's first row, whose vector it uses
+    units = keys.drop_duplicates().rename_axis("row").reset_index()
     units["group"] = pd.factorize(units["rep"])[0]
     return codes, units
 
@@ -47,9 +48,8 @@ def judge(rows: pd.DataFrame, vectors: np.ndarray, params: NoiseParams, *,
           threshold: float | None, max_flag_rate: float | None) -> tuple[pd.DataFrame, dict]:
     """Noise columns for `rows` (aligned, same index) from their embeddings, plus detector info."""
     codes, units = judging_units(rows)
-    first_row = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
     labels, classes = class_ids(units["label"])
-    signals = noise_signals(vectors[first_row], labels, groups=units["group"].to_numpy(),
+    signals = noise_signals(vectors[units["row"].to_numpy()], labels, groups=units["group"].to_numpy(),
                             params=params)
     per_row = signals.table.iloc[codes].reset_index(drop=True)
     decisions = decide(per_row, params=params, threshold=threshold, max_flag_rate=max_flag_rate)
@@ -132,15 +132,14 @@ def run_audit(rows: pd.DataFrame, vectors: np.ndarray, workdir: Path, noncar_dir
     """Plant `rate` mislabels (and outside photos from noncar_dir) in memory and score detection."""
     from .audit import audit
 
-    codes, units = judging_units(rows)
-    first_row = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
+    _, units = judging_units(rows)
     labels, _ = class_ids(units["label"])
     outside = None
     if noncar_dir is not None:
         photos = outside_photos(noncar_dir)
         embedded = embed_files(photos, workdir, **embed_options).vectors
         outside = embedded[~np.isnan(embedded).any(axis=1)] if embedded.size else None
-    return audit(vectors[first_row], labels, units["group"].to_numpy(), outside=outside,
+    return audit(vectors[units["row"].to_numpy()], labels, units["group"].to_numpy(), outside=outside,
                  mislabel_rate=rate, outside_rate=rate if outside is not None else 0.0,
                  params=params)
 
