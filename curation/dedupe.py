@@ -6,6 +6,7 @@ cache in the manifest, the manifest columns, dupes.csv, the dupes.png contact sh
 from __future__ import annotations
 
 import time
+from itertools import islice
 from pathlib import Path
 from typing import Sequence
 
@@ -49,7 +50,7 @@ def dupes_table(manifest: pd.DataFrame) -> pd.DataFrame:
 def sheet_rows(table: pd.DataFrame, root: Path, groups: int) -> list:
     """Contact-sheet rows for the largest groups: keeper first, captions with reason and split."""
     rows = []
-    for group, members in list(table.groupby("group", sort=True))[:groups]:
+    for group, members in islice(table.groupby("group", sort=True), groups):
         splits = sorted(set(members.get("given_split", pd.Series(dtype=object)).dropna()))
         labels = sorted(set(members.get("label", pd.Series(dtype=object)).dropna()))
         title = f"group {group}: {len(members)} images"
