@@ -44,10 +44,11 @@ def file_rows(paths: list[str]) -> pd.DataFrame:
                          "sha256": [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]})
 
 
-def time_ours(paths: list[str], kinds: tuple[str, ...], workers: int) -> tuple[float, pd.DataFrame]:
+def time_ours(paths: list[str], kinds: tuple[str, ...], workers: int) -> float:
+    """Images/s of hash_files over paths."""
     started = time.perf_counter()
-    frame = hash_files(paths, kinds, workers=workers, quiet=True)
-    return len(paths) / (time.perf_counter() - started), frame
+    hash_files(paths, kinds, workers=workers, quiet=True)
+    return len(paths) / (time.perf_counter() - started)
 
 
 def link_originals(sources: list[Path], folder: Path) -> None:
@@ -75,8 +76,8 @@ def compare_speed(paths: list[str], folders: list[Path], workers: int) -> dict:
     """Images/s of our default hashes and of pHash alone vs imagededup's PHash, same files."""
     for path in paths:                       # warm the page cache for both contenders
         Path(path).read_bytes()
-    ours_default, _ = time_ours(paths, DEFAULT_KINDS, workers)
-    ours_phash, _ = time_ours(paths, ("phash",), workers)
+    ours_default = time_ours(paths, DEFAULT_KINDS, workers)
+    ours_phash = time_ours(paths, ("phash",), workers)
     theirs = time_imagededup(folders, workers, len(paths))
     speed = {"files": len(paths), "ours_phash_dhash_images_per_second": round(ours_default, 1),
              "ours_phash_images_per_second": round(ours_phash, 1), "imagededup_phash": theirs}
@@ -127,16 +128,13 @@ def exact_scores(rows: pd.DataFrame, hashes: dict, paths: list[str], workers: in
     """Same-bytes/same-pixels groups found by dedupe vs a reference that decodes every file."""
     reference = pixel_digests(paths, workers=workers, quiet=True)
     truth_edges = np.concatenate([_equal_edges(rows["sha256"]), _equal_edges(reference)], axis=1)
-    truth = components(len(rows), *truth_edges).astype("float64")
-    truth[truth < 0] = np.nan
+    truth = components(len(rows), *truth_edges)
     plain = hashes["phash"]
     ci, cj, _ = pairs_within(plain, 64)
     edges, _ = exact_pairs(rows, plain, ci, cj,
                            lambda idx: pixel_digests([paths[k] for k in idx], workers=workers,
                                                      quiet=True))
-    found = components(len(rows), *edges).astype("float64")
-    found[found < 0] = np.nan
-    score = pair_scores(found, np.nan_to_num(truth, nan=-1).astype(int))
+    score = pair_scores(components(len(rows), *edges), truth)
     return {"precision": score["precision"], "recall": score["recall"],
             "true_pairs": score["true_pairs"], "found_pairs": score["predicted_pairs"]}
 
@@ -191,7 +189,6 @@ def main() -> None:
         paths = planted["path"].tolist()
         report["files"] = len(paths)
         report["planted"] = planted["transform"].value_counts().sort_index().to_dict()
-        default_kinds = DEFAULT_KINDS
         link_originals(sources, work / "originals")
         report["hashing"] = compare_speed(paths, [work / "originals", work / "copies"],
                                           args.workers)
@@ -206,13 +203,13 @@ def main() -> None:
         labels = planted["family"].map(dict(enumerate(Path(s).parent.name for s in sources)))
         classes = labels.to_numpy()
         report["exact"] = exact_scores(rows, hashes, paths, args.workers)
-        thresholds = thresholds_for(default_kinds, None)
+        thresholds = thresholds_for(DEFAULT_KINDS, None)
         groups = group_duplicates(rows, hashes, thresholds)["dup_group"]
         groups = groups.to_numpy(dtype="float64", na_value=np.nan)
         score = pair_scores(groups, planted["family"].to_numpy(), classes)
         score["precision_distinct_cars"] = round(
             1 - score["false_pairs_other_class"] / max(score["predicted_pairs"], 1), 4)
-        report["near_default"] = {"kinds": list(default_kinds), "thresholds": thresholds,
+        report["near_default"] = {"kinds": list(DEFAULT_KINDS), "thresholds": thresholds,
                                   **score, "recall_by_transform": recall_by_transform(groups, planted)}
         report["defaults_in_code"] = {"solo": SOLO_THRESHOLDS, "paired": PAIRED_THRESHOLDS}
         if not args.skip_sweep:
