@@ -119,8 +119,9 @@ def review(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = Non
             views = save_views(fo, dataset)
             mapped = compute_map(fo, dataset, load_embeddings(workdir, manifest), method, seed,
                                  announce=None if quiet else announce)
-            summary = {"dataset": name, "database": where, **counts, "flags": _tag_counts(dataset),
-                       "decided": _decision_counts(dataset), "views": views, **mapped,
+            tags = dataset.count_sample_tags()
+            summary = {"dataset": name, "database": where, **counts, "flags": _tag_counts(tags),
+                       "decided": _decision_counts(tags), "views": views, **mapped,
                        "seconds": round(time.time() - started, 2)}
             settings = {"fo_dataset": name, "db_dir": str(folder) if folder else None,
                         "map_method": method, "seed": seed}
@@ -188,14 +189,15 @@ def _sync_summary(name, where, before, after, problems, *, unsynced, seconds) ->
             "not_in_dataset": unsynced, "seconds": round(seconds, 2)}
 
 
-def _tag_counts(dataset) -> dict:
-    counts = dataset.count_sample_tags()
-    return {tag: int(counts.get(tag, 0)) for tag in FLAG_TAGS}
+def _tag_counts(tags: dict) -> dict:
+    """Samples per flag tag, from dataset.count_sample_tags()."""
+    return {tag: int(tags.get(tag, 0)) for tag in FLAG_TAGS}
 
 
-def _decision_counts(dataset) -> dict:
+def _decision_counts(tags: dict) -> dict:
+    """Samples per reviewer decision (relabel:<class> counts as relabel), from count_sample_tags()."""
     counts = Counter()
-    for tag, n in dataset.count_sample_tags().items():
+    for tag, n in tags.items():
         word = tag.lower().split(":")[0]
         if word in DECISIONS:
             counts[word] += n

@@ -181,8 +181,6 @@ def save_problem_view(dataset, paths: list[str]) -> None:
 
 def load_embeddings(workdir: Path, manifest: pd.DataFrame) -> dict[str, np.ndarray] | None:
     """The embeddings flag-noise cached, by manifest path (no model is loaded); None without."""
-    if importlib.util.find_spec("curation.embed") is None:   # a checkout without the embed step
-        return None
     from .embed import load_cached_embeddings
 
     vectors = load_cached_embeddings(workdir, manifest)
