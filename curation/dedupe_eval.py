@@ -118,10 +118,9 @@ def pair_scores(groups: np.ndarray, families: np.ndarray,
 def recall_by_transform(groups: np.ndarray, planted: pd.DataFrame) -> dict:
     """Per transform: the share of copies that landed in the same group as their original."""
     group = pd.Series(groups).fillna(-1).astype(int).to_numpy()
-    original = planted[planted["transform"] == "original"].set_index("family").index
-    first = pd.Series(np.arange(len(planted))[planted["transform"].to_numpy() == "original"],
-                      index=original)
-    copies = planted[planted["transform"] != "original"]
+    is_original = (planted["transform"] == "original").to_numpy()
+    first = pd.Series(np.flatnonzero(is_original), index=planted["family"][is_original])
+    copies = planted[~is_original]
     mine = group[copies.index]
     theirs = group[first[copies["family"]].to_numpy()]
     found = (mine >= 0) & (mine == theirs)
