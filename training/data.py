@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from curation.images import ImageError, load_array
-from curation.manifest import IDENTITY_COLUMNS, atomic_write
+from curation.manifest import IDENTITY_COLUMNS, ManifestMissing, atomic_write
 from curation.parallel import map_files
 
 SPLITS = ("train", "val", "test")
@@ -28,6 +28,8 @@ def label_series(manifest: pd.DataFrame) -> pd.Series:
 
 def split_rows(manifest: pd.DataFrame, splits=SPLITS) -> pd.DataFrame:
     """Readable, labelled rows whose `split` is one of `splits`: path, label, split, bytes, mtime."""
+    if "split" not in manifest.columns:
+        raise ManifestMissing("the manifest has no 'split' column: run `curate split` first")
     rows = manifest.assign(target=label_series(manifest))
     keep = rows["split"].isin(list(splits)) & rows["target"].notna()
     if "readable" in rows.columns:
@@ -49,7 +51,8 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def _decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+def decode_file(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 pixels, None) for (path, size), or (None, why) when the file cannot be decoded."""
     path, size = args
     try:
         return load_array(Path(path), size), None
@@ -111,7 +114,7 @@ def load_pixels(rows: pd.DataFrame, root: Path, size: int, cache_dir: Path, *,
     todo = known[known["slot"].isna()][IDENTITY_COLUMNS].reset_index(drop=True)
     failures: list[tuple[str, str]] = []
     if len(todo):
-        decoded = map_files(_decode, [(str(Path(root) / p), size) for p in todo["path"]],
+        decoded = map_files(decode_file, [(str(Path(root) / p), size) for p in todo["path"]],
                             workers=workers, desc=f"decode {size}px", quiet=quiet)
         good = [i for i, (array, _) in enumerate(decoded) if array is not None]
         failures = [(todo["path"][i], error) for i, (_, error) in enumerate(decoded) if error]

@@ -15,12 +15,12 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
 from curation.config import DatasetConfig
-from curation.images import ImageError, load_array
 from curation.manifest import (ManifestMissing, atomic_write, atomic_write_json, read_manifest,
                                record_run, workdir_lock)
+from curation.parallel import map_files
 from curation.sheets import contact_sheet
 
-from .data import encode_labels, load_pixels, pixel_cache_dir, split_rows
+from .data import decode_file, encode_labels, load_pixels, pixel_cache_dir, split_rows
 from .plots import confusion_matrix_plot
 from .predict import NOT_A_CAR, UNSURE, Predictor
 from .train import MODEL_DIR
@@ -70,14 +70,12 @@ def _folder_images(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def ood_folder_rates(predictor: Predictor, folder: Path, batch_size: int) -> dict:
+def ood_folder_rates(predictor: Predictor, folder: Path, batch_size: int, *,
+                     workers: int | None = None, quiet: bool = False) -> dict:
     """Guard rates on a folder of images that are not of any trained class (e.g. non-car photos)."""
-    arrays = []
-    for path in _folder_images(folder):
-        try:
-            arrays.append(load_array(path, predictor.image_size))
-        except (ImageError, OSError):
-            continue
+    decoded = map_files(decode_file, [(str(p), predictor.image_size) for p in _folder_images(folder)],
+                        workers=workers, desc="decode ood folder", quiet=quiet)
+    arrays = [array for array, _ in decoded if array is not None]
     if not arrays:
         return {"folder": str(folder), "images": 0}
     probs, distances = predictor.scores(np.stack(arrays), batch_size=batch_size)
@@ -98,8 +96,6 @@ def evaluate(config: DatasetConfig, workdir: Path, *, model_dir: Path | None = N
     classes = predictor.classes
     with workdir_lock(workdir):
         manifest = read_manifest(workdir, required=["path", "label"])
-        if "split" not in manifest.columns:
-            raise ManifestMissing("the manifest has no 'split' column: run `curate split` first")
         rows = split_rows(manifest, ("test",))
         pixels, rows, failures = load_pixels(rows, config.root, predictor.image_size,
                                              pixel_cache_dir(workdir), workers=workers, quiet=quiet)
@@ -116,7 +112,8 @@ def evaluate(config: DatasetConfig, workdir: Path, *, model_dir: Path | None = N
                    "left_out": [f"{p}: {r}" for p, r in failures],
                    **score(y, probs, classes), "guard_on_test": guard_rates(verdicts, y, classes)}
         if ood_folder is not None:
-            metrics["guard_on_ood_folder"] = ood_folder_rates(predictor, ood_folder, batch_size)
+            metrics["guard_on_ood_folder"] = ood_folder_rates(predictor, ood_folder, batch_size,
+                                                              workers=workers, quiet=quiet)
         frame = rows[["path", "label"]].assign(
             predicted=np.asarray(classes, dtype=object)[probs.argmax(axis=1)],
             confidence=probs.max(axis=1).round(4), ood_distance=np.round(distances, 4),

@@ -57,8 +57,6 @@ def resolve_settings(base: TrainingSettings, overrides: dict) -> TrainingSetting
 
 def select_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:
     """Train and val rows, the classes (those present in train), and how many val rows had others."""
-    if "split" not in manifest.columns:
-        raise ManifestMissing("the manifest has no 'split' column: run `curate split` first")
     rows = split_rows(manifest, ("train", "val"))
     classes = sorted(rows.loc[rows["split"] == "train", "label"].unique())
     unknown = ~rows["label"].isin(classes)
