@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ import pandas as pd
 from .backbones import build_backbone, preprocess, resolve_weights
 from .images import ImageError, load_array
 from .manifest import atomic_write, read_run
+from .parallel import progress_bar
 
 CACHE_DIR = "embeddings"
 CHECKPOINT_SECONDS = 60.0
@@ -144,8 +144,6 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
                 image_size: int = 224, batch_size: int = 32, tta: bool = True,
                 seed: int = 0, loaders: int | None = None, quiet: bool = False) -> EmbeddingRun:
     """Embed files (relative to root, or absolute), reusing the workdir cache; one row per file."""
-    from tqdm import tqdm
-
     started = time.time()
     path = cache_file(workdir, backbone, image_size, weights, tta)
     keys, vectors = read_cache(path)
@@ -157,8 +155,7 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
     if todo:
         model = _model(backbone, weights, image_size, seed)
         identity = wanted.drop_duplicates("path").set_index("path")
-        bar = tqdm(total=len(todo), desc="embed", unit="img", disable=quiet or None,
-                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        bar = progress_bar(total=len(todo), desc="embed", unit="img", quiet=quiet)
         last_save = time.time()
         absolute = [Path(root) / p if root else Path(p) for p in todo]
         for start, batch in zip(range(0, len(todo), batch_size),

@@ -18,11 +18,17 @@ def default_workers() -> int:
     return max(1, (cores or 1) - (1 if (cores or 1) > 2 else 0))
 
 
+def progress_bar(*, total: int | None = None, desc: str = "", unit: str = "file",
+                 quiet: bool = False, items: Iterable | None = None) -> tqdm:
+    """A progress bar on stderr showing items/s and ETA; call .update(n) for work done in batches."""
+    return tqdm(items, total=total, desc=desc, unit=unit, disable=quiet or None,
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+
 def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
              unit: str = "file", quiet: bool = False) -> Iterator[T]:
     """Wrap an iterable in a progress bar on stderr showing files/s and ETA."""
-    return iter(tqdm(items, total=total, desc=desc, unit=unit, disable=quiet or None,
-                     file=sys.stderr, dynamic_ncols=True, mininterval=0.5))
+    return iter(progress_bar(items=items, total=total, desc=desc, unit=unit, quiet=quiet))
 
 
 def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None = None,
