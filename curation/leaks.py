@@ -34,6 +34,19 @@ def exact_groups(sha256) -> pd.Series:
     return pd.Series(np.where(shared, codes, -1), dtype="Int64").replace(-1, pd.NA)
 
 
+def manifest_groups(manifest: pd.DataFrame) -> tuple[pd.Series, bool]:
+    """(group ids, whether they come from dedupe): dedupe's `dup_group`, else identical bytes.
+
+    The one place that decides which duplicate groups split, check-leaks and the report use
+    before and after `curate dedupe`; without `sha256` either, no image is grouped.
+    """
+    if GROUP_COLUMN in manifest.columns:
+        return manifest[GROUP_COLUMN].astype("Int64").reset_index(drop=True), True
+    if "sha256" in manifest.columns:
+        return exact_groups(manifest["sha256"]), False
+    return pd.Series(pd.NA, index=range(len(manifest)), dtype="Int64"), False
+
+
 def leaking_mask(groups, splits) -> np.ndarray:
     """True for each image in a used split whose duplicate group also has members in another split."""
     frame = pd.DataFrame({"group": pd.Series(groups, dtype="Int64").to_numpy(),
@@ -90,12 +103,10 @@ def check_leaks(workdir: Path, column: str | None = None) -> dict:
     if column not in manifest.columns or manifest[column].isna().all():
         raise ManifestMissing(f"the manifest in {workdir} has no '{column}' values: run `curate "
                               f"split` first, or name a split column with --column")
-    if GROUP_COLUMN in manifest.columns:
-        report = leak_report(manifest, column)
-        report["groups_from"] = "dedupe"
-    else:
-        report = leak_report(manifest, column, groups=exact_groups(manifest["sha256"]))
-        report["groups_from"] = "sha256 (run `curate dedupe` to check near-duplicates too)"
+    groups, from_dedupe = manifest_groups(manifest)
+    report = leak_report(manifest, column, groups=groups)
+    report["groups_from"] = ("dedupe" if from_dedupe
+                             else "sha256 (run `curate dedupe` to check near-duplicates too)")
     record_run(workdir, "check-leaks", settings={"column": column}, summary=report, started=started)
     return report
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import html_page as h
 from .config import DatasetConfig
-from .leaks import exact_groups, leak_report, split_sort_key
+from .leaks import leak_report, manifest_groups, split_sort_key
 from .manifest import atomic_write_text, read_manifest
 from .report_model import model_sections
 from .scan import error_reason
@@ -99,10 +99,10 @@ def health_section(ctx: Context) -> str:
 
 def _groups(ctx: Context) -> tuple[pd.Series, str | None]:
     """Duplicate group ids and where they came from (dedupe, or byte-identical files)."""
-    m = ctx.manifest
-    if ctx.has("dup_group"):
-        return m["dup_group"].astype("Int64"), None
-    return exact_groups(m["sha256"]), (f"Near-duplicates have not been searched yet: showing "
+    groups, from_dedupe = manifest_groups(ctx.manifest)
+    if from_dedupe:
+        return groups, None
+    return groups, (f"Near-duplicates have not been searched yet: showing "
                                        f"byte-identical files only. Run `{ctx.hint('dedupe')}`.")
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError, DatasetConfig, validate_ratios
-from .leaks import describe_leaks, exact_groups, leak_report
+from .leaks import describe_leaks, leak_report, manifest_groups
 from .manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
                        workdir_lock, write_manifest)
 
@@ -246,12 +246,10 @@ def split(config: DatasetConfig, workdir: Path, *, ratios=None, seed: int = 0,
 
 def duplicate_groups(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series, str]:
     """(group ids, keeper flags, where they came from): dedupe's columns, else identical bytes."""
-    if "dup_group" in frame.columns:
-        groups = frame["dup_group"].astype("Int64").reset_index(drop=True)
+    groups, from_dedupe = manifest_groups(frame)
+    if from_dedupe:
         keepers = _column(frame, "dup_keeper", False).astype("boolean").fillna(False)
         return groups, keepers, "dedupe"
-    groups = exact_groups(frame["sha256"]) if "sha256" in frame.columns else \
-        pd.Series(pd.NA, index=range(len(frame)), dtype="Int64")
     first = ~pd.DataFrame({"g": groups, "p": frame["path"]}).sort_values("p").duplicated("g")
     keepers = (first.sort_index() & groups.notna()).astype("boolean")
     return groups, keepers, "sha256 (run `curate dedupe` to group near-duplicates too)"

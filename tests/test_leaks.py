@@ -78,6 +78,12 @@ def test_check_leaks_falls_back_to_given_split_and_byte_groups(given_tree):
         check_leaks(work, "split")
 
 
+def test_check_leaks_without_any_grouping_column_finds_nothing(tmp_path):
+    write_manifest(pd.DataFrame({"path": ["a.jpg", "b.jpg"], "split": ["train", "test"]}), tmp_path)
+    report = check_leaks(tmp_path, None)
+    assert report["leaking_groups"] == 0 and report["groups_from"].startswith("sha256")
+
+
 def test_check_leaks_uses_dedupe_groups_and_split_column(given_tree):
     _, work = given_tree
     manifest = read_manifest(work)
