@@ -5,12 +5,12 @@ augmentation runs on the accelerator inside the training step.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import keras
 
 from curation import backbones
+from curation.manifest import atomic_write
 
 FEATURES_LAYER = "head_dropout"   # its input is the pooled backbone embedding
 CLASSIFIER_LAYER = "classifier"
@@ -116,16 +116,8 @@ def use_mixed_precision(device: str) -> str:
 
 
 def save_classifier(model: keras.Model, path: Path) -> Path:
-    """Save model.keras atomically: a temp file beside it (Keras wants the suffix), then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Save model.keras atomically (the temp file keeps the `.keras` suffix Keras insists on)."""
+    return atomic_write(Path(path), model.save)
 
 
 def load_classifier(path: Path) -> keras.Model:

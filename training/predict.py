@@ -79,14 +79,9 @@ def top_k(probs: np.ndarray, classes, k: int) -> list[list[dict]]:
             for p, row in zip(probs, order)]
 
 
-def _save_npy(tmp: Path, array: np.ndarray) -> None:
-    with open(tmp, "wb") as handle:
-        np.save(handle, array)
-
-
 def write_calibration(model_dir: Path, means: np.ndarray, calibration: dict) -> None:
     """Store the class means and thresholds that predict and evaluate use."""
-    atomic_write(Path(model_dir) / "class_means.npy", lambda tmp: _save_npy(tmp, means))
+    atomic_write(Path(model_dir) / "class_means.npy", lambda tmp: np.save(tmp, means))
     atomic_write_json(Path(model_dir) / "ood.json", calibration)
 
 
