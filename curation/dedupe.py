@@ -18,7 +18,7 @@ from .grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicat
                        thresholds_for)
 from .hashing import DECODE_SIDE, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
 from .leaks import describe_leaks, leak_report
-from .manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
+from .manifest import (atomic_write, file_identity, merge_columns, read_manifest, read_run, record_run,
                        unchanged_rows, workdir_lock, write_manifest)
 from .sheets import contact_sheet
 
@@ -78,14 +78,7 @@ def _cached_hashes(workdir: Path, readable: pd.DataFrame, root: Path,
                    columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """Hashes from the last run for files unchanged on disk (path, bytes, mtime), and the
     readable files that changed since the scan."""
-    stats = []
-    for path in readable["path"]:
-        try:
-            info = (root / path).stat()
-            stats.append((path, info.st_size, info.st_mtime))
-        except OSError:
-            stats.append((path, -1, -1.0))
-    current = pd.DataFrame(stats, columns=["path", "bytes", "mtime"])
+    current = file_identity(readable["path"], root)
     differs = (current[["bytes", "mtime"]].to_numpy()
                != readable[["bytes", "mtime"]].to_numpy()).any(axis=1)
     changed = current.loc[differs, "path"].tolist()

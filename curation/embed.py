@@ -22,7 +22,7 @@ import pandas as pd
 
 from .backbones import build_backbone, preprocess, resolve_weights
 from .images import ImageError, load_array
-from .manifest import atomic_write, read_run
+from .manifest import atomic_write, file_identity, read_run
 from .parallel import progress_bar
 
 CACHE_DIR = "embeddings"
@@ -83,17 +83,6 @@ def write_cache(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> None:
     atomic_write(path, write)
 
 
-def _identity(files: Sequence[str], root: Path | None) -> pd.DataFrame:
-    rows = []
-    for name in files:
-        try:
-            info = os.stat(Path(root) / name if root else name)
-            rows.append((name, info.st_size, info.st_mtime))
-        except OSError:
-            rows.append((name, -1, -1.0))
-    return pd.DataFrame(rows, columns=["path", "bytes", "mtime"])
-
-
 def _load(path: Path, size: int) -> np.ndarray | str:
     try:
         return load_array(path, size)
@@ -147,7 +136,7 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
     started = time.time()
     path = cache_file(workdir, backbone, image_size, weights, tta)
     keys, vectors = read_cache(path)
-    wanted = _identity(list(files), root)
+    wanted = file_identity(list(files), root)
     cached = wanted.reset_index().merge(keys.reset_index(names="row"),
                                         on=["path", "bytes", "mtime"], how="inner")
     todo = sorted(set(wanted["path"]) - set(cached["path"]))

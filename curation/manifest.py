@@ -138,6 +138,21 @@ def merge_columns(manifest: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return merged[[*kept.columns, *columns]]
 
 
+def file_identity(paths: Iterable[str], root: Path | None = None) -> pd.DataFrame:
+    """(path, bytes, mtime) of each file as it is on disk now; -1 / -1.0 when it cannot be read.
+
+    The cache key every step compares with the identity stored in a manifest or cache.
+    """
+    rows = []
+    for name in paths:
+        try:
+            info = os.stat(Path(root) / name if root else name)
+            rows.append((name, info.st_size, info.st_mtime))
+        except OSError:
+            rows.append((name, -1, -1.0))
+    return pd.DataFrame(rows, columns=IDENTITY_COLUMNS)
+
+
 def unchanged_rows(old: pd.DataFrame | None, current: pd.DataFrame,
                    columns: Iterable[str]) -> pd.DataFrame:
     """Rows of `old` whose file identity (path, bytes, mtime) still matches and that hold `columns`.
