@@ -18,8 +18,8 @@ from .grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicat
                        thresholds_for)
 from .hashing import DECODE_SIDE, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
 from .leaks import describe_leaks, leak_report
-from .manifest import (atomic_write, file_identity, merge_columns, read_manifest, read_run, record_run,
-                       unchanged_rows, workdir_lock, write_manifest)
+from .manifest import (atomic_write, file_identity, merge_columns, read_manifest, read_run,
+                       record_run, unchanged_rows, workdir_lock, write_manifest)
 from .sheets import contact_sheet
 
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
