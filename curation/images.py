@@ -17,6 +17,7 @@ EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
@@ -141,3 +142,10 @@ def load_array(path: Path, size: int | tuple[int, int], *,
     height, width = (size, size) if isinstance(size, int) else size
     image = load_image(path, max_side=2 * max(height, width), max_pixels=max_pixels)
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Files with an image suffix anywhere under folder, sorted: a loose folder of photos
+    (e.g. non-car pictures) that is not a dataset with a manifest."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and p.is_file())

@@ -17,15 +17,13 @@ import pandas as pd
 
 from .config import ConfigError, DatasetConfig, check_root
 from .embed import embed_files, embed_manifest, representatives
+from .images import image_files
 from .manifest import (NOISE_COLUMNS, atomic_write, merge_columns, read_manifest, record_run,
                        workdir_lock, write_manifest)
 from .noise_signals import REASONS, SIGNAL_COLUMNS, NoiseParams, decide, noise_signals
 from .sheets import contact_sheet
 
 OUTPUT_COLUMNS = [*NOISE_COLUMNS, *SIGNAL_COLUMNS]
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
 def judging_units(rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     """(unit index per row, units table with rep path, label, first row and fold group per unit)."""
     keys = pd.DataFrame({"rep": representatives(rows).to_numpy(),
@@ -70,8 +68,7 @@ def outside_photos(folder: Path) -> list[str]:
     """Absolute paths of the images directly or deeper under folder, sorted."""
     if not Path(folder).is_dir():
         raise ConfigError(f"--noncar-dir {folder}: not a folder")
-    return sorted(str(p.resolve()) for p in Path(folder).rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(str(p.resolve()) for p in image_files(folder))
 
 
 def flag_noise(config: DatasetConfig, workdir: Path, *, backbone: str | None = None,

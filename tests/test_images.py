@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.images import ImageError, load_array, load_image, probe
+from curation.images import ImageError, image_files, load_array, load_image, probe
 
 
 def huge_png(path, width=100_000, height=100_000):
@@ -117,3 +117,11 @@ def test_load_array_has_requested_shape(tmp_path, make_image):
     array = load_array(path, 64)
     assert array.shape == (64, 64, 3) and array.dtype == np.uint8
     assert load_array(path, (32, 48)).shape == (32, 48, 3)
+
+
+def test_image_files_lists_image_suffixes_under_a_folder(tmp_path, make_image):
+    make_image(tmp_path / "b.JPG")
+    make_image(tmp_path / "deeper" / "a.png", fmt="PNG")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "folder.jpg").mkdir()
+    assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == ["b.JPG", "deeper/a.png"]

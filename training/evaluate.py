@@ -15,6 +15,7 @@ import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
 from curation.config import DatasetConfig
+from curation.images import image_files
 from curation.manifest import (ManifestMissing, atomic_write, atomic_write_json, read_manifest,
                                record_run, workdir_lock)
 from curation.parallel import map_files
@@ -24,9 +25,6 @@ from .data import decode_file, encode_labels, load_pixels, pixel_cache_dir, spli
 from .plots import confusion_matrix_plot
 from .predict import NOT_A_CAR, UNSURE, Predictor
 from .train import MODEL_DIR
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
 
 def score(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
@@ -66,14 +64,10 @@ def misclassified_rows(frame: pd.DataFrame, root: Path, per_row: int = 8) -> lis
             for label, group in wrong.groupby("label", sort=True)]
 
 
-def _folder_images(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def ood_folder_rates(predictor: Predictor, folder: Path, batch_size: int, *,
                      workers: int | None = None, quiet: bool = False) -> dict:
     """Guard rates on a folder of images that are not of any trained class (e.g. non-car photos)."""
-    decoded = map_files(decode_file, [(str(p), predictor.image_size) for p in _folder_images(folder)],
+    decoded = map_files(decode_file, [(str(p), predictor.image_size) for p in image_files(folder)],
                         workers=workers, desc="decode ood folder", quiet=quiet)
     arrays = [array for array, _ in decoded if array is not None]
     if not arrays:
