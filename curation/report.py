@@ -17,6 +17,7 @@ from . import html_page as h
 from .config import DatasetConfig
 from .leaks import leak_report, manifest_groups, split_sort_key
 from .manifest import atomic_write_text, read_manifest
+from .pipeline import STEPS
 from .report_model import model_sections
 from .scan import error_reason
 from .sheets import thumbnail_data_uri
@@ -255,7 +256,7 @@ def read_runs(workdir: Path) -> dict:
         record = json.loads(path.read_text())
         if "step" in record:
             records.append(record)
-    order = ["scan", "dedupe", "flag-noise", "review", "split", "train", "evaluate"]
+    order = [*STEPS[:STEPS.index("split")], "review", *STEPS[STEPS.index("split"):]]
     position = {step: i for i, step in enumerate(order)}
     records.sort(key=lambda r: (position.get(r["step"], len(order)), r.get("finished", "")))
     return {r["step"]: r for r in records}
