@@ -2,8 +2,6 @@
 re-runs that keep review tags, the embeddings map, and the App served and rendered."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +21,7 @@ from PIL import Image, ImageDraw
 
 from cli import main
 from curation.config import DatasetConfig
+from curation.dedupe import dedupe
 from curation.fiftyone_db import free_port, import_fiftyone, port_in_use, temporary_database
 from curation.manifest import read_manifest, read_run, record_run, write_manifest
 from curation.review import describe, review, sync, wait_for_http
@@ -196,14 +195,12 @@ def test_round_trip_on_real_photos(fo, curate_data, tmp_path):
     config = DatasetConfig(name="swift-wagonr", root=root)
     workdir = tmp_path / "work"
     scan(config, workdir, quiet=True)
-    if importlib.util.find_spec("curation.dedupe"):
-        importlib.import_module("curation.dedupe").dedupe(config, workdir, quiet=True)
+    dedupe(config, workdir, quiet=True)
     summary = review(config, workdir, launch=False, map_method="none", fo_dataset="real")
     assert summary["samples"] == 300
     dataset = fo.load_dataset("real")
-    if importlib.util.find_spec("curation.dedupe"):     # its train/test folders share near-copies
-        assert summary["flags"]["duplicate"] > 0
-        assert len(dataset.load_saved_view("groups crossing splits")) > 0
+    assert summary["flags"]["duplicate"] > 0           # its train/test folders share near-copies
+    assert len(dataset.load_saved_view("groups crossing splits")) > 0
     first, second = dataset.match(fo.ViewField("given_label") == "swift").limit(2).values("path")
     _tag(dataset, first, "drop")
     _tag(dataset, second, "relabel:wagonr")
