@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import shutil
 import sys
@@ -27,8 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from curation.config import DatasetConfig, data_dir, resolve_dataset  # noqa: E402
+from curation.dedupe import dedupe  # noqa: E402
 from curation.images import ImageError, load_image  # noqa: E402
 from curation.manifest import read_manifest, write_manifest  # noqa: E402
+from curation.noise import flag_noise  # noqa: E402
 from curation.scan import list_files, scan  # noqa: E402
 from curation.split import split  # noqa: E402
 from curation.synthetic import NEAR_TRANSFORMS, near_copy  # noqa: E402
@@ -79,14 +80,6 @@ def write_items(items: list, source_root: Path, out: Path, seed: int) -> dict[st
             shutil.copyfile(src, target)
         kinds[f"{label}/{name}"] = kind
     return kinds
-
-
-def optional_step(module: str, function: str):
-    """A curate step function, or None when that module is not in this checkout yet."""
-    try:
-        return getattr(importlib.import_module(module), function)
-    except (ImportError, AttributeError):
-        return None
 
 
 def train_and_score(config: DatasetConfig, workdir: Path, test: tuple[DatasetConfig, Path],
@@ -165,16 +158,8 @@ def main() -> None:
 
     clean, clean_work = dataset("lift-clean", "pool"), scratch / "work-clean"
     scan(clean, clean_work, workers=args.workers, quiet=True)
-    ran, skipped = [], []
-    for name, module, function, options in (
-            ("dedupe", "curation.dedupe", "dedupe", {}),
-            ("flag-noise", "curation.noise", "flag_noise", {"seed": args.seed})):
-        step = optional_step(module, function)
-        if step is None:
-            skipped.append(name)
-            continue
-        step(clean, clean_work, workers=args.workers, quiet=True, **options)
-        ran.append(name)
+    dedupe(clean, clean_work, workers=args.workers, quiet=True)
+    flag_noise(clean, clean_work, seed=args.seed, workers=args.workers, quiet=True)
     split(clean, clean_work, ratios=ratios, seed=args.seed, quiet=True)
     clean_result = train_and_score(clean, clean_work, (test_config, test_work), args)
     clean_result["excluded_by_planted_kind"] = excluded_share(clean_work, kinds)
@@ -185,7 +170,7 @@ def main() -> None:
         "test_images": len(test_items), "planted": planted, "seed": args.seed,
         "recipe": {"backbone": base.backbone, "image_size": args.image_size or base.image_size,
                    **dataclasses.asdict(training)},
-        "clean_steps": ran + ["split"], "missing_steps": skipped,
+        "clean_steps": ["dedupe", "flag-noise", "split"],
         "raw": raw_result, "clean": clean_result,
         "lift_test_accuracy": round(clean_result["test_accuracy"] - raw_result["test_accuracy"], 4),
         "lift_test_macro_f1": round(clean_result["test_macro_f1"] - raw_result["test_macro_f1"], 4),
