@@ -16,7 +16,7 @@ import pandas as pd
 from .config import ConfigError, DatasetConfig
 from .grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                        thresholds_for)
-from .hashing import DECODE_SIDE, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
+from .hashing import HASH_METHOD, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
 from .leaks import describe_leaks, leak_report
 from .manifest import (atomic_write, file_identity, merge_columns, read_manifest, read_run,
                        record_run, unchanged_rows, workdir_lock, write_manifest)
@@ -83,7 +83,7 @@ def _cached_hashes(workdir: Path, readable: pd.DataFrame, root: Path,
                != readable[["bytes", "mtime"]].to_numpy()).any(axis=1)
     changed = current.loc[differs, "path"].tolist()
     previous = read_run(workdir, "dedupe") or {}
-    if previous.get("settings", {}).get("decode_side") != DECODE_SIDE:
+    if previous.get("settings", {}).get("hash_method") != HASH_METHOD:
         return pd.DataFrame(columns=["path", *columns]), changed
     cached = unchanged_rows(readable, current, columns).dropna(subset=columns)
     return cached[["path", *columns]], changed
@@ -160,7 +160,7 @@ def dedupe(config: DatasetConfig, workdir: Path, *, kinds: str | Sequence[str] =
                        group_seconds=round(group_seconds, 2),
                        seconds=round(time.time() - started, 2))
         settings = {"kinds": list(kinds), "thresholds": thresholds, "mirror": mirror,
-                    "pixel_check": pixel_check, "decode_side": DECODE_SIDE,
+                    "pixel_check": pixel_check, "hash_method": HASH_METHOD,
                     "pixel_check_radius": PIXEL_CHECK_RADIUS}
         record_run(workdir, "dedupe", settings=settings, summary=summary, started=started)
     return summary

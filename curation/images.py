@@ -10,11 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k photo; beyond that we refuse before decoding
 EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T,
+            8: lambda a: np.rot90(a)}   # ImageOps.exif_transpose's turns, on a numpy array
+_FAST_GRAY_SPACES = {"Gray", "YCbCr"}   # JPEG colour spaces whose luma libjpeg-turbo hands out
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -142,6 +147,46 @@ def load_array(path: Path, size: int | tuple[int, int], *,
     height, width = (size, size) if isinstance(size, int) else size
     image = load_image(path, max_side=2 * max(height, width), max_pixels=max_pixels)
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def load_gray(path: str | Path, *, min_side: int = 32,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Upright grayscale uint8 array (height, width), decoded as small as keeps both sides
+    >= min_side where the format allows it: what perceptual hashes are computed from.
+
+    Ordinary JPEGs take a fast path (simplejpeg: libjpeg-turbo's scaled luma-only decode, no
+    PIL header parse), about 1.5x PIL's draft decode; everything else, and any JPEG that path
+    refuses, goes through load_image so bad files get the same reasons as in the scan.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data.startswith(b"\xff\xd8\xff"):
+        try:
+            height, width, space, _ = simplejpeg.decode_jpeg_header(data)
+            if space in _FAST_GRAY_SPACES and 0 < width * height <= max_pixels:
+                pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_width=min_side,
+                                                min_height=min_side)[:, :, 0]
+                return _UPRIGHT.get(_jpeg_orientation(data), lambda a: a)(pixels)
+        except ValueError:
+            pass
+    image = load_image(Path(path), max_side=4 * min_side, max_pixels=max_pixels)
+    return np.asarray(image.convert("L"))
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    """EXIF orientation from a JPEG's APP1 segment (1 when absent or unreadable)."""
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] != 0xDA:
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if data[pos + 1] == 0xE1 and data[pos + 4:pos + 10] == b"Exif\x00\x00":
+            exif = Image.Exif()
+            try:
+                exif.load(data[pos + 4:end])
+                return int(exif.get(EXIF_ORIENTATION, 1))
+            except Exception:  # a broken EXIF block must not make a good image unreadable
+                return 1
+        pos = end
+    return 1
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -116,6 +116,11 @@ def test_rerun_hashes_only_new_or_changed_files(planted, tmp_path):
     third, m = run(planted, work)
     assert third["hashed"] == 2 and third["reused"] == 18
     assert pd.isna(m.at["alpha/new.jpg", "dup_group"])
+    record = json.loads((work / "runs" / "dedupe.json").read_text())
+    record["settings"]["hash_method"] = "an older way of hashing"
+    (work / "runs" / "dedupe.json").write_text(json.dumps(record))
+    fourth, _ = run(planted, work)                 # hashes made another way are never mixed in
+    assert fourth["hashed"] == 19 and fourth["reused"] == 1
 
 
 def test_cross_split_duplicates_are_reported(tmp_path):

@@ -44,7 +44,7 @@ def test_thresholds_and_alignments():
     assert set(alignments_for(False)) == {"near", "cropped"}
 
 
-def test_every_kind_must_agree_and_mirrors_need_half_the_threshold():
+def test_every_kind_must_agree_and_mirrors_need_three_quarters_of_the_threshold():
     one = np.uint64(0)
     far = np.uint64((1 << 10) - 1)            # 10 bits away
     near = np.uint64((1 << 4) - 1)            # 4 bits away
@@ -56,10 +56,11 @@ def test_every_kind_must_agree_and_mirrors_need_half_the_threshold():
     out = hash_matches(i, j, hashes, {"phash": 8, "dhash": 8}, alignments_for(True))
     assert out["match"].tolist() == [True, False]           # pair 0-2: dhash disagrees
     assert out["alignment"][0] == "near" and out["distance"][0] == 4
+    six = np.uint64((1 << 6) - 1)             # 6 bits away: within 3/4 of 8, not of 7
     mirrored = dict(hashes, phash=np.array([one, far, far]),
-                    phash_mirror=np.array([other, near, other]),
+                    phash_mirror=np.array([other, six, other]),
                     dhash_mirror=np.array([other, one, other]))
-    strict = hash_matches(np.array([0]), np.array([1]), mirrored, {"phash": 6, "dhash": 6},
+    strict = hash_matches(np.array([0]), np.array([1]), mirrored, {"phash": 7, "dhash": 7},
                           alignments_for(True))
     loose = hash_matches(np.array([0]), np.array([1]), mirrored, {"phash": 8, "dhash": 8},
                          alignments_for(True))

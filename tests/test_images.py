@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation.images import ImageError, image_files, load_array, load_image, probe
+from curation.images import ImageError, image_files, load_array, load_gray, load_image, probe
 
 
 def huge_png(path, width=100_000, height=100_000):
@@ -125,3 +125,46 @@ def test_image_files_lists_image_suffixes_under_a_folder(tmp_path, make_image):
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "folder.jpg").mkdir()
     assert [p.relative_to(tmp_path).as_posix() for p in image_files(tmp_path)] == ["b.JPG", "deeper/a.png"]
+
+
+def _as_gray(image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
+    return np.asarray(image.convert("L").resize(shape[::-1], Image.Resampling.BOX), dtype=float)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_load_gray_turns_every_exif_orientation_like_pil(tmp_path, make_image, orientation):
+    """The fast JPEG path reads the EXIF orientation itself; it must agree with exif_transpose."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = make_image(tmp_path / "o.jpg", seed=orientation, size=(192, 128), quality=95,
+                      exif=exif.tobytes())
+    gray = load_gray(path, min_side=32)
+    upright = load_image(path)
+    assert gray.shape[0] / gray.shape[1] == pytest.approx(upright.height / upright.width)
+    assert np.abs(gray - _as_gray(upright, gray.shape)).mean() < 6
+
+
+def test_load_gray_decodes_small_and_matches_other_formats(tmp_path, make_image):
+    jpeg = make_image(tmp_path / "a.jpg", seed=3, size=(640, 480), quality=95)
+    gray = load_gray(jpeg, min_side=32)
+    assert min(gray.shape) >= 32 and max(gray.shape) <= 160  # a scaled decode, not 640 px
+    for other in ("b.png", "c.webp"):
+        Image.open(jpeg).save(tmp_path / other, **({"lossless": True} if "webp" in other else {}))
+        fallback = load_gray(tmp_path / other, min_side=32)
+        assert np.abs(_as_gray(Image.fromarray(fallback), (48, 64))
+                      - _as_gray(Image.fromarray(gray), (48, 64))).mean() < 4
+
+
+def test_load_gray_cmyk_and_broken_jpegs_take_the_full_loader(tmp_path, make_image):
+    cmyk = make_image(tmp_path / "cmyk.jpg", seed=4, mode="CMYK")
+    reference = load_image(cmyk).convert("L")
+    gray = load_gray(cmyk, min_side=32)
+    assert np.abs(_as_gray(reference, gray.shape) - gray).mean() < 6
+    cut = make_image(tmp_path / "cut.jpg", size=(400, 300), quality=95)
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) // 2])
+    with pytest.raises(ImageError) as error:
+        load_gray(cut)
+    assert error.value.reason == "truncated"
+    big = make_image(tmp_path / "big.jpg", size=(200, 200))
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_gray(big, max_pixels=10_000)
