@@ -32,7 +32,7 @@ DECODE_MIN_SIDE = 32  # JPEGs decode at the smallest DCT scale keeping both side
 _CANVAS = 32          # every picture is first Lanczos-resized to this square: pHash's own grid
 INNER_CROP = 0.045    # the inner hashes see the picture less this share of each border
 VARIANTS = ("", "_mirror", "_inner")
-_GRIDS = {"phash": (32, 32), "dhash": (9, 8), "ahash": (8, 8)}   # (width, height) resampled to
+_GRIDS = {"phash": (_CANVAS, _CANVAS), "dhash": (9, 8), "ahash": (8, 8)}   # (width, height)
 _LANCZOS_SUPPORT = 3.0
 _WHASH_SCALE = 64     # fixed, so a slightly cropped copy is not hashed at another wavelet scale
 
@@ -44,7 +44,7 @@ def _dct_rows(size: int, keep: int) -> np.ndarray:
     return 2.0 * np.cos(np.pi * k * (2 * n + 1) / (2 * size))
 
 
-_DCT = _dct_rows(_GRIDS["phash"][0], 8)
+_DCT = _dct_rows(_CANVAS, 8)
 _MIRROR_SIGNS = (-1.0) ** np.arange(8)   # a horizontal flip negates odd horizontal frequencies
 
 
