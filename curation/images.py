@@ -23,7 +23,8 @@ _FAST_GRAY_SPACES = {"Gray", "YCbCr"}   # JPEG colour spaces whose luma libjpeg-
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+_MAGIC = (_JPEG_SIGNATURE, b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
 class ImageError(Exception):
@@ -159,8 +160,10 @@ def load_gray(path: str | Path, *, min_side: int = 32,
     refuses, goes through load_image so bad files get the same reasons as in the scan.
     """
     with open(path, "rb") as handle:
-        data = handle.read()
-    if data.startswith(b"\xff\xd8\xff"):
+        data = handle.read(len(_JPEG_SIGNATURE))
+        if data == _JPEG_SIGNATURE:       # other formats are read once, by load_image
+            data += handle.read()
+    if data.startswith(_JPEG_SIGNATURE):
         try:
             height, width, space, _ = simplejpeg.decode_jpeg_header(data)
             if space in _FAST_GRAY_SPACES and 0 < width * height <= max_pixels:
