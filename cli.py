@@ -10,9 +10,9 @@ from pathlib import Path
 import click
 
 from curation.config import ConfigError, DatasetConfig, load_config, resolve_dataset
-from curation.manifest import ManifestMissing, WorkdirBusy
+from curation.errors import CurateError
 
-EXPECTED_ERRORS = (ConfigError, WorkdirBusy, ManifestMissing)
+EXPECTED_ERRORS = (CurateError,)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -105,7 +105,7 @@ def scan(config: DatasetConfig, workdir: Path, quiet: bool, workers, max_pixels)
              curate scan ~/photos/cars --json
     Unchanged files (same path, size, mtime) reuse their cached rows.
     """
-    from curation import scan as scan_step
+    from curation.scan import step as scan_step
 
     summary = scan_step.scan(config, workdir, workers=workers, max_pixels=max_pixels, quiet=quiet)
     return summary, scan_step.describe
@@ -147,7 +147,7 @@ def split(config: DatasetConfig, workdir: Path, quiet: bool, ratios, seed, keep_
     Writes the manifest's split, split_label and split_excluded_by columns and
     <workdir>/splits.csv. A duplicate group always lands in one split.
     """
-    from curation import split as split_step
+    from curation.split import step as split_step
 
     summary = split_step.split(
         config, workdir, ratios=ratios, seed=seed, keep_duplicates=keep_duplicates,
@@ -298,7 +298,7 @@ def report(config: DatasetConfig, workdir: Path, quiet: bool, out):
     Thumbnails and plots are embedded, so the file can be sent on its own. Sections whose
     step has not run say which command fills them.
     """
-    from curation import report as report_step
+    from curation.report import step as report_step
 
     return report_step.build_report(config, workdir, out=out), report_step.describe
 
@@ -322,7 +322,7 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
     set with planted duplicates, mislabels, off-topic and broken files. Weights come from
     $CURATE_WEIGHTS, else a Keras download, else random init (with a note).
     """
-    from curation import demo as demo_step
+    from curation.demo import step as demo_step
     from curation import pipeline
 
     folder = Path(folder) if folder else demo_step.default_folder()
@@ -380,8 +380,8 @@ def review(config: DatasetConfig, workdir: Path, quiet: bool, do_sync, no_launch
     Saved views: flagged by score, flagged not yet decided, duplicate groups, groups crossing
     splits, review decisions. Re-running updates the dataset in place and keeps review tags.
     """
-    from curation import review as review_step
-    from curation.fiftyone_db import DatabaseError
+    from curation.review import step as review_step
+    from curation.review.fiftyone_db import DatabaseError
 
     try:
         if do_sync:
@@ -529,7 +529,7 @@ def dedupe(config: DatasetConfig, workdir: Path, quiet: bool, kinds, threshold, 
     columns and dup_group, dup_keeper, dup_of, dup_distance, dup_reason to the manifest and
     writes dupes.csv and dupes.png; a re-run only hashes new or changed files.
     """
-    from curation import dedupe as dedupe_step
+    from curation.dedupe import step as dedupe_step
 
     summary = dedupe_step.dedupe(config, workdir, kinds=kinds, threshold=threshold,
                                  mirror=not no_mirror, workers=workers,
@@ -573,7 +573,7 @@ def flag_noise(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weig
     manifest, and writes noise.csv, noise_suspects.png and noise_scores.png. Files are never
     changed.
     """
-    from curation import noise
+    from curation.noise import step as noise
 
     if noncar_dir is not None and not audit:
         raise click.UsageError("--noncar-dir is used by --audit; add --audit")

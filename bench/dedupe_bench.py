@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from curation.grouping import (DEFAULT_KINDS, PAIRED_THRESHOLDS, SOLO_THRESHOLDS, components,
+from curation.dedupe.grouping import (DEFAULT_KINDS, PAIRED_THRESHOLDS, SOLO_THRESHOLDS, components,
                                equal_key_pairs, exact_pairs, group_duplicates, thresholds_for)
-from curation.dedupe_eval import pair_scores, plant, recall_by_transform
-from curation.hamming import pairs_within
-from curation.hashing import (DECODE_MIN_SIDE, KINDS, hash_columns, hash_files, pixel_digests,
+from curation.dedupe.evaluation import pair_scores, plant, recall_by_transform
+from curation.dedupe.hamming import pairs_within
+from curation.dedupe.hashing import (DECODE_MIN_SIDE, KINDS, hash_columns, hash_files, pixel_digests,
                               to_uint64)
 from curation.images import ImageError, load_gray, load_image, probe
 from curation.parallel import map_files

@@ -26,13 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from curation.config import DatasetConfig, data_dir, resolve_dataset  # noqa: E402
-from curation.dedupe import dedupe  # noqa: E402
+from curation.dedupe.step import dedupe  # noqa: E402
 from curation.images import ImageError, load_image  # noqa: E402
 from curation.manifest import read_manifest, write_manifest  # noqa: E402
-from curation.noise import flag_noise  # noqa: E402
-from curation.scan import list_files, scan  # noqa: E402
-from curation.split import split  # noqa: E402
-from curation.synthetic import NEAR_TRANSFORMS, near_copy  # noqa: E402
+from curation.noise.step import flag_noise  # noqa: E402
+from curation.scan.step import list_files, scan  # noqa: E402
+from curation.split.step import split  # noqa: E402
+from curation.demo.synthetic import NEAR_TRANSFORMS, near_copy  # noqa: E402
 
 
 def plan_noise(files: list[tuple[str, str]], classes: list[str], non_cars: list[Path], *,

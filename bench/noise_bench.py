@@ -1,7 +1,7 @@
 """Benchmark `curate flag-noise`: detection of planted wrong labels and non-car photos, and
 embedding speed on this CPU.
 
-Noise is planted in memory by curation.audit (labels moved to a random wrong class, non-car
+Noise is planted in memory by curation.noise.audit (labels moved to a random wrong class, non-car
 photos from $CURATE_DATA/non-car added under random labels); no file is copied or changed.
 Embeddings are cached in --workdir, so re-runs take seconds. Prints one JSON object. Example:
     CURATE_DATA=../shared/data CURATE_WEIGHTS=../shared/weights python bench/noise_bench.py
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from curation.audit import audit
+from curation.noise.audit import audit
 from curation.config import data_dir, resolve_dataset
-from curation.embed import embed_files, embed_manifest
+from curation.embed.cache import embed_files, embed_manifest
 from curation.manifest import read_manifest
-from curation.noise import class_ids, judging_units, outside_photos
-from curation.noise_signals import NoiseParams
-from curation.scan import scan
+from curation.noise.step import class_ids, judging_units, outside_photos
+from curation.noise.signals import NoiseParams
+from curation.scan.step import scan
 
 TARGETS = {"non_car_recall": 0.95, "non_car_precision": 0.90, "mislabel_f1": 0.75}
 METRICS = ("precision", "recall", "f1")

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from curation.errors import CurateError
+
 LAYOUTS = ("class_folders", "split_class_folders", "auto")
 GIVEN_SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation",
                      "valid": "validation", "validation": "validation", "test": "test",
@@ -20,7 +22,7 @@ BACKBONES = ("mobilenet_v2", "mobilenet_v1_025", "efficientnet_b0", "resnet50")
 DEFAULT_CONFIG_NAME = "datasets.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(CurateError, ValueError):
     """A datasets.yaml entry or a command-line setting is invalid."""
 
 

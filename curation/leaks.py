@@ -93,7 +93,7 @@ def leak_report(manifest: pd.DataFrame, column: str = "split", *, groups=None,
 
 def check_leaks(workdir: Path, column: str | None = None) -> dict:
     """`curate check-leaks`: the leak report of `column` (default: split, else given_split)."""
-    from .manifest import ManifestMissing, read_manifest, record_run
+    from curation.manifest import ManifestMissing, read_manifest, record_run
 
     started = time.time()
     manifest = read_manifest(workdir, required=["path"])

@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
+from curation.errors import CurateError
+
 MANIFEST_NAME = "manifest.parquet"
 LOCK_NAME = ".lock"
 
@@ -30,11 +32,11 @@ SPLIT_COLUMNS = ["split"]
 IDENTITY_COLUMNS = ["path", "bytes", "mtime"]
 
 
-class WorkdirBusy(RuntimeError):
+class WorkdirBusy(CurateError, RuntimeError):
     """Another curate run holds this workdir."""
 
 
-class ManifestMissing(FileNotFoundError):
+class ManifestMissing(CurateError, FileNotFoundError):
     """The step needs a manifest that an earlier step has not written yet."""
 
 

@@ -21,8 +21,8 @@ from typing import Callable
 
 import pandas as pd
 
-from .config import ConfigError, DatasetConfig, validate_backbone, validate_image_size
-from .manifest import (REVIEW_COLUMNS, ManifestMissing, atomic_write_json, read_manifest, read_run,
+from curation.config import ConfigError, DatasetConfig, validate_backbone, validate_image_size
+from curation.manifest import (REVIEW_COLUMNS, ManifestMissing, atomic_write_json, read_manifest, read_run,
                        workdir_lock)
 
 STEPS = ("scan", "dedupe", "flag-noise", "split", "train", "evaluate")
@@ -79,18 +79,18 @@ def _train_settings(config: DatasetConfig, run: RunSettings) -> dict:
 
 
 STEP_TABLE = {step.name: step for step in (
-    Step("scan", "curation.scan",
+    Step("scan", "curation.scan.step",
          lambda m, c, w, r, q: m.scan(c, w, workers=r.workers, quiet=q),
          lambda c, r: {"root": str(c.root), "layout": c.layout, "classes": c.classes}),
-    Step("dedupe", "curation.dedupe",
+    Step("dedupe", "curation.dedupe.step",
          lambda m, c, w, r, q: m.dedupe(c, w, workers=r.workers, quiet=q),
          lambda c, r: {}),
-    Step("flag-noise", "curation.noise",
+    Step("flag-noise", "curation.noise.step",
          lambda m, c, w, r, q: m.flag_noise(c, w, seed=r.seed, threshold=r.noise_threshold,
                                             workers=r.workers, quiet=q),
          lambda c, r: {"backbone": c.backbone, "weights": c.weights, "image_size": c.image_size,
                        "seed": r.seed, "threshold": r.noise_threshold}),
-    Step("split", "curation.split", _run_split, _split_settings),
+    Step("split", "curation.split.step", _run_split, _split_settings),
     Step("train", "training.train",
          lambda m, c, w, r, q: m.train(c, w, seed=r.seed, workers=r.workers, quiet=q),
          _train_settings, outputs=("model/model.keras",)),
@@ -287,7 +287,7 @@ def run_and_report(config: DatasetConfig, workdir: Path, *, report: bool = True,
 
 def _add_report(summary: dict, config: DatasetConfig, workdir: Path) -> None:
     """Write the report into summary['report']; a report error is noted, never hides the run."""
-    from . import report as report_step
+    from curation.report import step as report_step
 
     try:
         summary["report"] = report_step.build_report(config, workdir)["report"]

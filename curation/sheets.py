@@ -8,8 +8,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .images import ImageError, load_image
-from .manifest import atomic_write
+from curation.images import ImageError, load_image
+from curation.manifest import atomic_write
 
 BACKGROUND = (245, 245, 245)
 CAPTION_HEIGHT = 28

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from curation.audit import audit, detection_scores, plant_mislabels, plant_view
-from curation.noise_signals import NoiseParams
+from curation.noise.audit import audit, detection_scores, plant_mislabels, plant_view
+from curation.noise.signals import NoiseParams
 from tests.test_noise_signals import car_like, far_points
 
 

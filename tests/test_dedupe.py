@@ -13,9 +13,9 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from cli import main
 from curation.config import DatasetConfig, resolve_dataset
-from curation.dedupe import dedupe
+from curation.dedupe.step import dedupe
 from curation.manifest import read_manifest
-from curation.scan import scan
+from curation.scan.step import scan
 from tests.conftest import synthetic_photo
 
 COPIES = {  # planted copy -> its original

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import ImageOps
 
-from curation.embed import (cache_file, embed_files, embed_manifest, load_cached_embeddings,
+from curation.embed.cache import (cache_file, embed_files, embed_manifest, load_cached_embeddings,
                             representatives, weights_tag)
 from tests.conftest import synthetic_photo
 

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from curation.config import ConfigError
-from curation.fiftyone_db import (SERVER_FILE, DatabaseError, check_mongod, dataset_name,
+from curation.review.fiftyone_db import (SERVER_FILE, DatabaseError, check_mongod, dataset_name,
                                   fiftyone_database, mongod_path, port_in_use, resolve_db_dir,
                                   start_mongod)
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.dedupe_eval import NEAR_TRANSFORMS, pair_scores, plant
-from curation.grouping import (alignments_for, choose_keepers, components, equal_key_pairs,
+from curation.dedupe.evaluation import NEAR_TRANSFORMS, pair_scores, plant
+from curation.dedupe.grouping import (alignments_for, choose_keepers, components, equal_key_pairs,
                                group_duplicates, hash_matches, thresholds_for)
-from curation.hashing import hash_columns, hash_files, to_uint64
+from curation.dedupe.hashing import hash_columns, hash_files, to_uint64
 
 
 def test_keeper_rule_most_pixels_then_least_compressed_then_path():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curation.hamming import choose_method, distances, flip_masks, mih_plan, pairs_within
+from curation.dedupe.hamming import choose_method, distances, flip_masks, mih_plan, pairs_within
 
 
 def reference(hashes: np.ndarray, radius: int, queries: np.ndarray | None = None) -> set:

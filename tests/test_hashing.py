@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from curation.hashing import (INNER_CROP, KINDS, hash_columns, hash_file, hash_files,
+from curation.dedupe.hashing import (INNER_CROP, KINDS, hash_columns, hash_file, hash_files,
                               image_hashes, lanczos_weights, parse_kinds, pixel_digest, to_uint64)
 from tests.conftest import synthetic_photo
 

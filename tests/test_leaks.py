@@ -55,7 +55,7 @@ def test_exact_groups_join_identical_bytes_only():
 def given_tree(tmp_path, make_image):
     """train/test folders where one test image is a byte copy of a train image; scanned."""
     from curation.config import DatasetConfig
-    from curation.scan import scan
+    from curation.scan.step import scan
 
     root = tmp_path / "data"
     for given in ("train", "test"):

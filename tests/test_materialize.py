@@ -6,7 +6,7 @@ import os
 import pandas as pd
 import pytest
 
-from curation import materialize as mat
+from curation.split import materialize as mat
 from curation.config import ConfigError
 
 

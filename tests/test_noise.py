@@ -14,8 +14,8 @@ from PIL import Image
 from cli import main
 from curation.config import DatasetConfig
 from curation.manifest import read_manifest, read_run
-from curation.noise import OUTPUT_COLUMNS, flag_noise, judging_units
-from curation.scan import scan
+from curation.noise.step import OUTPUT_COLUMNS, flag_noise, judging_units
+from curation.scan.step import scan
 
 TINY = dict(image_size=64, backbone="mobilenet_v1_025", weights="none")
 

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.noise_signals import (NoiseParams, decide, knn_distance, lda_head, mislabel_scores,
+from curation.noise.signals import (NoiseParams, decide, knn_distance, lda_head, mislabel_scores,
                                     noise_signals, robust_z, unit_vectors)
 
 CLASSES, PER_CLASS, DIMS = 5, 40, 48

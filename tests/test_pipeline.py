@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from curation import demo, pipeline, synthetic
+from curation.demo import step as demo
+from curation import pipeline
+from curation.demo import synthetic
 from curation.config import ConfigError, DatasetConfig, TrainingSettings
 from curation.manifest import read_manifest
 

@@ -8,11 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from curation import html_page, synthetic
+from curation.report import html_page
+from curation.demo import synthetic
 from curation.config import DatasetConfig
-from curation.report import build_report
-from curation.scan import scan
-from curation.split import split
+from curation.report.step import build_report
+from curation.scan.step import scan
+from curation.split.step import split
 
 SMALL = synthetic.SyntheticSpec(per_class=10, exact_duplicates=4, near_duplicates=4, mislabels=3,
                                 off_topic=3, broken=2)

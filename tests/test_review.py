@@ -21,12 +21,12 @@ from PIL import Image, ImageDraw
 
 from cli import main
 from curation.config import DatasetConfig
-from curation.dedupe import dedupe
-from curation.fiftyone_db import free_port, import_fiftyone, port_in_use, temporary_database
+from curation.dedupe.step import dedupe
+from curation.review.fiftyone_db import free_port, import_fiftyone, port_in_use, temporary_database
 from curation.manifest import read_manifest, read_run, record_run, write_manifest
-from curation.review import describe, review, sync, wait_for_http
-from curation.review_dataset import MAP_KEY, WORKSPACE, compute_map
-from curation.scan import scan
+from curation.review.step import describe, review, sync, wait_for_http
+from curation.review.dataset import MAP_KEY, WORKSPACE, compute_map
+from curation.scan.step import scan
 
 MAGENTA = (255, 0, 255)
 REPO = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def test_build_review_sync_round_trip_and_split_obeys(fo, flagged):
     assert read_run(workdir, "review-sync")["summary"]["decisions"]["relabel"] == 3
     assert "relabel beta/0.jpg -> gamma" in describe(synced)
 
-    split_step = pytest.importorskip("curation.split")
+    split_step = pytest.importorskip("curation.split.step")
     split_step.split(config, workdir, quiet=True)
     after = read_manifest(workdir).set_index("path")
     assert after.loc["alpha/1.jpg", "split"] == "excluded"
@@ -144,7 +144,7 @@ def test_rerun_updates_in_place_and_a_new_dataset_starts_from_the_manifest(fo, f
 
 
 def test_embeddings_map_from_the_flag_noise_cache_is_computed_once(fo, flagged):
-    embed = pytest.importorskip("curation.embed")
+    embed = pytest.importorskip("curation.embed.cache")
     config, workdir = flagged
     manifest = read_manifest(workdir)
     readable = manifest[manifest["readable"]].reset_index(drop=True)
@@ -206,7 +206,7 @@ def test_round_trip_on_real_photos(fo, curate_data, tmp_path):
     _tag(dataset, second, "relabel:wagonr")
     assert sync(config, workdir, fo_dataset="real")["decisions"] == {"keep": 0, "drop": 1,
                                                                     "relabel": 1}
-    pytest.importorskip("curation.split").split(config, workdir, quiet=True)
+    pytest.importorskip("curation.split.step").split(config, workdir, quiet=True)
     after = read_manifest(workdir).set_index("path")
     assert after.loc[first, "split"] == "excluded" and after.loc[second, "split_label"] == "wagonr"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from curation.review_tags import (decision_tags, flag_tags, group_badges, read_decision,
+from curation.review.tags import (decision_tags, flag_tags, group_badges, read_decision,
                                   read_decisions, reason_tags, sample_fields)
 
 CLASSES = ["Audi", "Swift", "TataSafari"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from curation.config import ConfigError, DatasetConfig, resolve_dataset
 from curation.manifest import SCAN_COLUMNS, WorkdirBusy, read_manifest, workdir_lock
-from curation.scan import detect_layout, list_files, scan
+from curation.scan.step import detect_layout, list_files, scan
 from tests.test_images import huge_png
 
 

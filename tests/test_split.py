@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from curation.config import ConfigError, DatasetConfig
 from curation.leaks import leaking_mask
 from curation.manifest import read_manifest, read_run, write_manifest
-from curation.scan import scan
-from curation.split import (SPLITS, assign_splits, exclusion_reasons, split, target_counts,
+from curation.scan.step import scan
+from curation.split.step import (SPLITS, assign_splits, exclusion_reasons, split, target_counts,
                             unify_groups)
 
 RATIOS = st.sampled_from([(0.7, 0.15, 0.15), (0.6, 0.2, 0.2), (0.8, 0.2, 0.0), (0.5, 0.25, 0.25),
@@ -145,7 +145,7 @@ def policy_frame() -> pd.DataFrame:
 
 
 def test_exclusion_rules_each_name_their_images():
-    from curation.split import effective_labels
+    from curation.split.step import effective_labels
 
     frame = policy_frame()
     frame["split_label"] = effective_labels(frame)
@@ -315,7 +315,7 @@ def test_cli_prints_the_class_table_and_materializes(scanned, tmp_path):
 @pytest.mark.slow
 def test_swift_wagonr_given_split_leaks_and_a_fresh_split_does_not(curate_data, tmp_path):
     from curation.config import resolve_dataset
-    from curation.dedupe import dedupe
+    from curation.dedupe.step import dedupe
     from curation.leaks import check_leaks
 
     config = resolve_dataset("swift-wagonr")

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import ImageOps
 
-from curation import synthetic
+from curation.demo import synthetic
 from curation.config import DatasetConfig
 from curation.images import ImageError, load_image, probe
-from curation.scan import scan
+from curation.scan.step import scan
 
 SMALL = synthetic.SyntheticSpec(per_class=12, exact_duplicates=4, near_duplicates=6, mislabels=4,
                                 off_topic=4, broken=2)

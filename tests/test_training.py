@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 
 from curation.config import ConfigError, DatasetConfig, TrainingSettings
 from curation.manifest import ManifestMissing, read_manifest, write_manifest
-from curation.scan import scan
+from curation.scan.step import scan
 from training.data import class_weights, encode_labels, load_pixels, split_rows
 from training.evaluate import guard_rates, misclassified_rows, score
 from training.predict import NOT_A_CAR, UNSURE, calibrate, ood_distance, top_k, verdicts

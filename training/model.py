@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from curation import backbones
+from curation.embed import backbones
 from curation.manifest import atomic_write
 
 FEATURES_LAYER = "head_dropout"   # its input is the pooled backbone embedding

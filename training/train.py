@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from curation.backbones import resolve_weights
+from curation.embed.backbones import resolve_weights
 from curation.config import (ConfigError, DatasetConfig, TrainingSettings, validate_backbone,
                              validate_image_size)
 from curation.manifest import (ManifestMissing, atomic_write, atomic_write_json, read_manifest,

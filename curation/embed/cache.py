@@ -20,10 +20,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from .backbones import build_backbone, preprocess, resolve_weights
-from .images import ImageError, load_array
-from .manifest import atomic_write, file_identity, read_run
-from .parallel import progress_bar
+from curation.embed.backbones import build_backbone, preprocess, resolve_weights
+from curation.images import ImageError, load_array
+from curation.manifest import atomic_write, file_identity, read_run
+from curation.parallel import progress_bar
 
 CACHE_DIR = "embeddings"
 CHECKPOINT_SECONDS = 60.0

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .hamming import distances, pairs_within
+from curation.dedupe.hamming import distances, pairs_within
 
 DEFAULT_KINDS = ("phash", "dhash")
 # Largest Hamming distance (bits) still counted as a near duplicate, per hash kind, when the

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError
-from .review_tags import DROP, FLAG_TAGS, KEEP, RELABEL, decision_tags, sample_fields
+from curation.config import ConfigError
+from curation.review.tags import DROP, FLAG_TAGS, KEEP, RELABEL, decision_tags, sample_fields
 
 MAP_KEY = "curate_map"
 MAP_METHODS = ("auto", "umap", "tsne", "pca", "none")
@@ -181,7 +181,7 @@ def save_problem_view(dataset, paths: list[str]) -> None:
 
 def load_embeddings(workdir: Path, manifest: pd.DataFrame) -> dict[str, np.ndarray] | None:
     """The embeddings flag-noise cached, by manifest path (no model is loaded); None without."""
-    from .embed import load_cached_embeddings
+    from curation.embed.cache import load_cached_embeddings
 
     vectors = load_cached_embeddings(workdir, manifest)
     if vectors is None or not vectors.size:

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, DatasetConfig, check_root
-from .embed import embed_files, embed_manifest, representatives
-from .images import image_files
-from .manifest import (NOISE_COLUMNS, atomic_write, merge_columns, read_manifest, record_run,
+from curation.config import ConfigError, DatasetConfig, check_root
+from curation.embed.cache import embed_files, embed_manifest, representatives
+from curation.images import image_files
+from curation.manifest import (NOISE_COLUMNS, atomic_write, merge_columns, read_manifest, record_run,
                        workdir_lock, write_manifest)
-from .noise_signals import REASONS, SIGNAL_COLUMNS, NoiseParams, decide, noise_signals
-from .sheets import contact_sheet
+from curation.noise.signals import REASONS, SIGNAL_COLUMNS, NoiseParams, decide, noise_signals
+from curation.sheets import contact_sheet
 
 OUTPUT_COLUMNS = [*NOISE_COLUMNS, *SIGNAL_COLUMNS]
 def judging_units(rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
@@ -127,7 +127,7 @@ def _typed(flags: pd.DataFrame) -> pd.DataFrame:
 def run_audit(rows: pd.DataFrame, vectors: np.ndarray, workdir: Path, noncar_dir: Path | None,
               params: NoiseParams, *, rate: float, embed_options: dict) -> dict:
     """Plant `rate` mislabels (and outside photos from noncar_dir) in memory and score detection."""
-    from .audit import audit
+    from curation.noise.audit import audit
 
     _, units = judging_units(rows)
     labels, _ = class_ids(units["label"])

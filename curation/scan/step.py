@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import GIVEN_SPLIT_NAMES, ConfigError, DatasetConfig, check_classes, check_root
-from .images import DEFAULT_MAX_PIXELS, ImageError, probe
-from .manifest import (SCAN_COLUMNS, ManifestMissing, merge_columns, read_manifest,
+from curation.config import GIVEN_SPLIT_NAMES, ConfigError, DatasetConfig, check_classes, check_root
+from curation.images import DEFAULT_MAX_PIXELS, ImageError, probe
+from curation.manifest import (SCAN_COLUMNS, ManifestMissing, merge_columns, read_manifest,
                        record_run, unchanged_rows, workdir_lock, write_manifest)
-from .parallel import map_files
+from curation.parallel import map_files
 
 _CHECKED_COLUMNS = ["readable", "error", "format", "mode", "width", "height", "sha256"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
-from .images import load_image
+from curation.images import load_image
 
 NEAR_TRANSFORMS = ("resize", "jpeg", "crop", "brightness", "text", "mirror")
 EXACT_TRANSFORMS = ("bytes", "pixels")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, DatasetConfig, validate_ratios
-from .leaks import describe_leaks, leak_report, manifest_groups
-from .manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
+from curation.config import ConfigError, DatasetConfig, validate_ratios
+from curation.leaks import describe_leaks, leak_report, manifest_groups
+from curation.manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
                        workdir_lock, write_manifest)
 
 SPLITS = ("train", "val", "test")
@@ -204,7 +204,7 @@ def split(config: DatasetConfig, workdir: Path, *, ratios=None, seed: int = 0,
           fix_leaks: bool = False, reshuffle: bool = False, materialize: Path | None = None,
           link: str = "auto", quiet: bool = False) -> dict:
     """Assign train/val/test/excluded to every image of the manifest and return the summary."""
-    from . import materialize as layout
+    from curation.split import materialize as layout
 
     started = time.time()
     ratios = validate_ratios(ratios) if ratios is not None else tuple(config.ratios)
@@ -344,6 +344,6 @@ def describe(summary: dict) -> str:
         lines.append("Given folders: " + describe_leaks(summary["given_leaks"], show=5))
     lines.append(describe_leaks(summary["leaks"], show=10))
     if "materialized" in summary:
-        from .materialize import describe as describe_layout
+        from curation.split.materialize import describe as describe_layout
         lines.append(describe_layout(summary["materialized"]))
     return "\n".join(lines)

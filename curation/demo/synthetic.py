@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance, ImageOps
 
-from .drawing import SCENES, VEHICLE_CLASSES, scene, vehicle
-from .leaks import leak_report
-from .manifest import atomic_write, atomic_write_json, atomic_write_text
+from curation.demo.drawing import SCENES, VEHICLE_CLASSES, scene, vehicle
+from curation.leaks import leak_report
+from curation.manifest import atomic_write, atomic_write_json, atomic_write_text
 
-NOTICE = ("SYNTHETIC data: drawn vehicle silhouettes made by `curation.synthetic`, not photos. "
+NOTICE = ("SYNTHETIC data: drawn vehicle silhouettes made by `curation.demo.synthetic`, not photos. "
           "Good for seeing every step work; numbers on it say nothing about real photos.")
 MIN_DISTINCT_DISTANCE = 16   # pHash bits between any two distinct pictures (mirror included)
 NEAR_TRANSFORMS = ("resize", "jpeg", "crop", "mirror", "brightness", "resize+jpeg")

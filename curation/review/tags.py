@@ -19,7 +19,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .leaks import leaking_mask
+from curation.leaks import leaking_mask
 
 FLAG_TAGS = ("duplicate", "non_car", "mislabel", "outlier")
 KEEP, DROP, RELABEL = "keep", "drop", "relabel"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .noise_signals import NoiseParams, decide, noise_signals
+from curation.noise.signals import NoiseParams, decide, noise_signals
 
 KINDS = ("non_car", "mislabel")
 

@@ -11,9 +11,9 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .backbones import resolve_weights
-from .config import DatasetConfig, TrainingSettings, data_dir, resolve_dataset
-from .synthetic import NOTICE, generate
+from curation.embed.backbones import resolve_weights
+from curation.config import DatasetConfig, TrainingSettings, data_dir, resolve_dataset
+from curation.demo.synthetic import NOTICE, generate
 
 REAL_DEMO = "swift-wagonr"
 DEMO_BACKBONE = "mobilenet_v2"
@@ -80,7 +80,7 @@ def is_synthetic(config: DatasetConfig) -> bool:
 
 def describe(summary: dict) -> str:
     """The run's per-step table, then what the data was and where the report is."""
-    from .pipeline import describe as describe_run
+    from curation.pipeline import describe as describe_run
 
     lines = [describe_run(summary), f"Data: {summary['data']}", f"Weights: {summary['weights']}"]
     if summary.get("report"):

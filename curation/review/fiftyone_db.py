@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .config import ConfigError
+from curation.config import ConfigError
 
 DB_DIR_ENV = "CURATE_FO_DB_DIR"
 DATASET_ENV = "CURATE_FO_DATASET"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import html_page as h
-from .config import DatasetConfig
+from curation.report import html_page as h
+from curation.config import DatasetConfig
 
 LIFT_FILE = "lift.json"
 TRAIN_FIGURES = ("val_accuracy", "val_loss", "best_epoch", "classes", "train_images", "val_images",

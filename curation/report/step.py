@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import html_page as h
-from .config import DatasetConfig
-from .leaks import leak_report, manifest_groups, split_sort_key
-from .manifest import atomic_write_text, read_manifest
-from .pipeline import STEPS
-from .report_model import model_sections
-from .scan import error_reason
-from .sheets import thumbnail_data_uri
+from curation.report import html_page as h
+from curation.config import DatasetConfig
+from curation.leaks import leak_report, manifest_groups, split_sort_key
+from curation.manifest import atomic_write_text, read_manifest
+from curation.pipeline import STEPS
+from curation.report.model_sections import model_sections
+from curation.scan.step import error_reason
+from curation.sheets import thumbnail_data_uri
 
 REPORT_NAME = "report.html"
 THUMB = 112
@@ -221,7 +221,7 @@ def synthetic_truth(config: DatasetConfig) -> dict | None:
 
 
 def truth_section(ctx: Context, truth: dict) -> str:
-    from .synthetic import score
+    from curation.demo.synthetic import score
 
     scores = score(ctx.manifest, truth)
     rows = [[name.replace("_", " "), value["found"], value["planted"], value["rate"]]

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BACKBONES, ConfigError, weights_dir
+from curation.config import BACKBONES, ConfigError, weights_dir
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from .config import ConfigError
-from .parallel import progress
+from curation.config import ConfigError
+from curation.parallel import progress
 
 LINK_MODES = ("auto", "hardlink", "symlink", "copy")
 MARKER = ".curate-materialized.json"

@@ -19,13 +19,13 @@ from typing import Callable, Iterator
 
 import pandas as pd
 
-from .config import ConfigError, DatasetConfig
-from .fiftyone_db import dataset_name, fiftyone_database, import_fiftyone, port_in_use, resolve_db_dir
-from .manifest import (REVIEW_COLUMNS, merge_columns, read_manifest, record_run, workdir_lock,
+from curation.config import ConfigError, DatasetConfig
+from curation.review.fiftyone_db import dataset_name, fiftyone_database, import_fiftyone, port_in_use, resolve_db_dir
+from curation.manifest import (REVIEW_COLUMNS, merge_columns, read_manifest, record_run, workdir_lock,
                        write_manifest)
-from .review_dataset import (WORKSPACE, build_dataset, compute_map, load_embeddings,
+from curation.review.dataset import (WORKSPACE, build_dataset, compute_map, load_embeddings,
                              resolve_map_method, save_problem_view, save_views)
-from .review_tags import DECISIONS, FLAG_TAGS, read_decisions
+from curation.review.tags import DECISIONS, FLAG_TAGS, read_decisions
 
 DEFAULT_PORT = 5151
 DEFAULT_ADDRESS = "127.0.0.1"

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .images import ImageError, load_gray, load_image
-from .parallel import map_files
+from curation.images import ImageError, load_gray, load_image
+from curation.parallel import map_files
 
 KINDS = ("phash", "dhash", "whash", "ahash")
 HASH_METHOD = "luma32-canvas32"   # in dedupe's run record: hashes cached by another method are redone

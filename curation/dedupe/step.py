@@ -13,14 +13,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError, DatasetConfig
-from .grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
+from curation.config import ConfigError, DatasetConfig
+from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                        thresholds_for)
-from .hashing import HASH_METHOD, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
-from .leaks import describe_leaks, leak_report
-from .manifest import (atomic_write, file_identity, merge_columns, read_manifest, read_run,
+from curation.dedupe.hashing import HASH_METHOD, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
+from curation.leaks import describe_leaks, leak_report
+from curation.manifest import (atomic_write, file_identity, merge_columns, read_manifest, read_run,
                        record_run, unchanged_rows, workdir_lock, write_manifest)
-from .sheets import contact_sheet
+from curation.sheets import contact_sheet
 
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
                 "dup_distance": "Int64", "dup_reason": "string", "dup_keeper_reason": "string"}
