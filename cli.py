@@ -10,12 +10,14 @@ from pathlib import Path
 import click
 
 from curation.config import ConfigError, DatasetConfig, load_config, resolve_dataset
-from curation.errors import CurateError
+from curation.errors import CurateError, Interrupted
+from curation.safety import CurateGroup, one_line
 
 EXPECTED_ERRORS = (CurateError,)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=CurateGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               envvar="CURATE_CONFIG", help="datasets.yaml to read (default: ./datasets.yaml, "
               "then the one shipped with curate).")
@@ -54,7 +56,7 @@ def dataset_command(func):
             summary, describe = func(config=config, workdir=workdir, quiet=quiet or as_json,
                                      **options)
         except EXPECTED_ERRORS as exc:
-            raise click.ClickException(str(exc)) from None
+            raise one_line(exc) from None
         emit(summary, describe, as_json)
         return summary
 
@@ -234,10 +236,12 @@ def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, **options) -> d
         return pipeline.run_and_report(config, workdir, quiet=quiet, on_step=on_step, **options)
     except pipeline.StepFailed as failed:
         raise click.ClickException(pipeline.failure_message(failed, command)) from None
-    except KeyboardInterrupt:
-        raise click.ClickException(
+    except KeyboardInterrupt as exc:
+        from curation.lifecycle import interrupt_exit_code
+
+        raise one_line(Interrupted(
             f"interrupted during step '{current.get('step', 'scan')}'; finished steps and caches "
-            f"are kept: run `{command}` again to resume") from None
+            f"are kept: run `{command}` again to resume", interrupt_exit_code(exc))) from None
 
 
 @main.command()
@@ -331,7 +335,7 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
         config, data_note = demo_step.demo_dataset(folder, synthetic=synthetic, seed=seed,
                                                    config_path=ctx.obj["config_path"])
     except EXPECTED_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
+        raise one_line(exc) from None
     config = demo_step.demo_config(config, weights)
     if not as_json:
         click.echo(f"Demo data: {data_note}\nWeights: {weights_note}\nFolder: {folder}", err=True)

@@ -6,10 +6,8 @@ run at a time holds the workdir lock, and each step records what it did in runs/
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 
+from curation import lifecycle, safety
 from curation.errors import CurateError
 
 MANIFEST_NAME = "manifest.parquet"
@@ -59,6 +58,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
+    except OSError as exc:
+        safety.raise_if_disk_full(exc, path, Path(tmp))
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -92,26 +94,15 @@ def workdir_lock(workdir: Path) -> Iterator[Path]:
     """Hold the workdir for one run; a second concurrent run gets WorkdirBusy, not a corrupt file."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    handle = open(workdir / LOCK_NAME, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise WorkdirBusy(f"{workdir} is in use by {holder}; wait for it to finish "
+        handle = lifecycle.acquire_lock(workdir / LOCK_NAME)
+    except lifecycle.LockHeld as held:
+        raise WorkdirBusy(f"{workdir} is in use by {held}; wait for it to finish "
                           f"or use another --workdir") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {platform.node()}")
-    handle.flush()
     try:
         yield workdir
     finally:
-        handle.seek(0)
-        handle.truncate()
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+        lifecycle.release_lock(handle)
 
 
 def read_manifest(workdir: Path, *, required: Iterable[str] = ()) -> pd.DataFrame:
@@ -119,7 +110,7 @@ def read_manifest(workdir: Path, *, required: Iterable[str] = ()) -> pd.DataFram
     path = manifest_path(workdir)
     if not path.exists():
         raise ManifestMissing(f"{path} not found: run `curate scan` on this dataset first")
-    manifest = pd.read_parquet(path)
+    manifest = safety.read_parquet_checked(path)
     missing = [c for c in required if c not in manifest.columns]
     if missing:
         raise ManifestMissing(f"{path} lacks columns {missing}: run the step that adds them first")
@@ -129,6 +120,7 @@ def read_manifest(workdir: Path, *, required: Iterable[str] = ()) -> pd.DataFram
 def write_manifest(manifest: pd.DataFrame, workdir: Path) -> Path:
     """Write the manifest atomically, rows sorted by path so diffs and reruns are stable."""
     ordered = manifest.sort_values("path", kind="stable").reset_index(drop=True)
+    safety.keep_previous(manifest_path(workdir))
     return atomic_write(manifest_path(workdir), lambda tmp: ordered.to_parquet(tmp, index=False))
 
 

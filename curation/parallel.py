@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
+
+from curation.lifecycle import process_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,6 +46,6 @@ def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None
     if workers == 1 or len(items) < 2 * workers:
         return list(progress(map(func, items), total=len(items), desc=desc, quiet=quiet))
     chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_each) as pool:
+    with process_pool(workers, initializer=_one_thread_each) as pool:   # workers die with us
         results = pool.map(func, items, chunksize=chunksize)
         return list(progress(results, total=len(items), desc=desc, quiet=quiet))

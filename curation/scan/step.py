@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from curation.config import GIVEN_SPLIT_NAMES, ConfigError, DatasetConfig, check_classes, check_root
+from curation.errors import ManifestUnreadable
 from curation.images import DEFAULT_MAX_PIXELS, ImageError, probe
-from curation.manifest import (SCAN_COLUMNS, ManifestMissing, merge_columns, read_manifest,
-                       record_run, unchanged_rows, workdir_lock, write_manifest)
+from curation.manifest import (SCAN_COLUMNS, ManifestMissing, manifest_path, merge_columns,
+                       read_manifest, record_run, unchanged_rows, workdir_lock, write_manifest)
 from curation.parallel import map_files
 
 _CHECKED_COLUMNS = ["readable", "error", "format", "mode", "width", "height", "sha256"]
@@ -146,6 +148,10 @@ def scan(config: DatasetConfig, workdir: Path, *, workers: int | None = None,
         try:
             old = read_manifest(workdir)
         except ManifestMissing:
+            old = None
+        except ManifestUnreadable:   # scan is the recovery: rebuild from the files
+            print(f"note: {manifest_path(workdir)} is unreadable; rebuilding it from the files",
+                  file=sys.stderr)
             old = None
         cached = unchanged_rows(old, current, _CHECKED_COLUMNS)
         todo = current[~current["path"].isin(cached["path"])]

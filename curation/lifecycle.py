@@ -1,0 +1,177 @@
+"""What keeps a killed or interrupted run from leaving the workdir stuck.
+
+Worker processes die with the process that started them (Linux PR_SET_PDEATHSIG), ignore the
+terminal's Ctrl-C (the parent handles it and stops them), and are killed when the parent stops
+early. The workdir lock names its holder, a lock whose holder is gone is taken over, and
+SIGTERM becomes an exception like Ctrl-C so the CLI can print one line and exit 143.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+from curation.errors import CurateError
+
+_PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so `except Exception` in a
+    per-file loop cannot swallow it and the same cleanup runs."""
+
+
+class WorkerDied(CurateError):
+    """A worker process was killed (most often by the out-of-memory killer)."""
+
+
+class LockHeld(Exception):
+    """The lock file is held by a live process; str() is who holds it."""
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits (Linux; elsewhere a no-op).
+
+    If the parent is already gone (it died between fork and here), exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _start_worker(parent: int, initializer: Callable[[], None] | None) -> None:
+    """Pool initializer: die with the parent, leave Ctrl-C and SIGTERM to it, then the caller's own."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if initializer is not None:
+        initializer()
+
+
+@contextlib.contextmanager
+def process_pool(workers: int, *, initializer: Callable[[], None] | None = None
+                 ) -> Iterator[ProcessPoolExecutor]:
+    """A ProcessPoolExecutor whose workers die with this process and are killed, with the queued
+    work dropped, when the block ends by an exception (Ctrl-C, SIGTERM, an error)."""
+    pool = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
+                               initargs=(os.getpid(), initializer))
+    try:
+        yield pool
+    except BrokenProcessPool:
+        _stop(pool)
+        raise WorkerDied("a worker process was killed (out of memory?): re-run with fewer "
+                         "--workers; finished work is kept") from None
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises Terminated in the main thread (restored on the way out)."""
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
+    except ValueError:   # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal number, as a shell reports it: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
+def holder_alive(holder: str) -> bool:
+    """Whether the 'pid N on HOST' written in a lock file names a process still running.
+
+    A holder on another host, or an unparsable one, counts as alive: it cannot be checked.
+    """
+    words = holder.split()
+    if len(words) != 4 or words[0] != "pid" or not words[1].isdigit():
+        return True
+    if words[3] != platform.node():
+        return True
+    try:
+        os.kill(int(words[1]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(path: Path) -> IO:
+    """flock path for this process and write 'pid N on HOST' in it; return the open handle.
+
+    Raises LockHeld when a live process holds it. A lock whose named pid is dead (its orphaned
+    children still hold it) is taken over: the file is replaced and a note printed.
+    """
+    path = Path(path)
+    for _ in range(5):
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            if not holder or holder_alive(holder):
+                raise LockHeld(holder or "another process") from None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            print(f"note: {path} was held by {holder}, which is no longer running; taken over",
+                  file=sys.stderr)
+            continue
+        if _same_file(handle, path):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {platform.node()}")
+            handle.flush()
+            return handle
+        handle.close()   # another run replaced the file between our open and flock: try again
+    raise LockHeld("another process (the lock file keeps changing)")
+
+
+def _same_file(handle: IO, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+
+
+def release_lock(handle: IO) -> None:
+    """Empty the holder line and unlock (closing the handle)."""
+    with contextlib.suppress(OSError):
+        handle.seek(0)
+        handle.truncate()
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
