@@ -3,7 +3,7 @@
 Worker processes die with the process that started them (Linux PR_SET_PDEATHSIG), ignore the
 terminal's Ctrl-C (the parent handles it and stops them), and are killed when the parent stops
 early. The workdir lock names its holder, a lock whose holder is gone is taken over, and
-SIGTERM becomes an exception like Ctrl-C so the CLI can print one line and exit 143.
+Ctrl-C and SIGTERM become exceptions so the CLI can print one line and exit 130 or 143.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import platform
 import signal
@@ -18,11 +19,12 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterable, Iterator, TypeVar
 
 from curation.errors import CurateError
 
 _PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+T = TypeVar("T")
 
 
 class Terminated(KeyboardInterrupt):
@@ -86,21 +88,54 @@ def _stop(pool: ProcessPoolExecutor) -> None:
             process.kill()
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM raises Terminated in the main thread (restored on the way out)."""
-    def raise_terminated(signum, frame):
-        raise Terminated()
+_signalled: list[int] = []   # received, not yet handled: kept in case the raise was swallowed
 
+
+def _raise_interrupt(signum, frame=None):
+    """Signal handler: note the signal, raise KeyboardInterrupt (Ctrl-C) or Terminated (SIGTERM)."""
+    _signalled.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def raise_if_signalled() -> None:
+    """Raise again for a signal whose first raise was swallowed (Python ignores exceptions from
+    at-fork hooks and __del__), so a run never carries on, or writes, after Ctrl-C or SIGTERM."""
+    if _signalled:
+        _raise_interrupt(_signalled.pop())
+
+
+def checked(items: Iterable[T]) -> Iterator[T]:
+    """items, with raise_if_signalled() before each one."""
+    for item in items:
+        raise_if_signalled()
+        yield item
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """While inside, Ctrl-C and SIGTERM raise in the main thread (handlers restored on the way out)."""
     try:
-        previous = signal.signal(signal.SIGTERM, raise_terminated)
+        previous = {signum: signal.signal(signum, _raise_interrupt)
+                    for signum in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:   # not the main thread: leave signals alone
         yield
         return
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_quiet_about_interrupts, unraisable)
     try:
         yield
+        raise_if_signalled()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = unraisable
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        _signalled.clear()
+
+
+def _quiet_about_interrupts(fallback, unraisable) -> None:
+    """An interrupt swallowed in an at-fork hook is raised again later: print no traceback for it."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        fallback(unraisable)
 
 
 def interrupt_exit_code(exc: KeyboardInterrupt) -> int:

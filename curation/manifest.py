@@ -57,6 +57,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
+        lifecycle.raise_if_signalled()   # never publish a file after Ctrl-C or SIGTERM
         os.replace(tmp, path)
     except OSError as exc:
         safety.raise_if_disk_full(exc, path, Path(tmp))

@@ -8,7 +8,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from curation.lifecycle import process_pool
+from curation.lifecycle import checked, process_pool
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,4 +48,4 @@ def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None
     chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
     with process_pool(workers, initializer=_one_thread_each) as pool:   # workers die with us
         results = pool.map(func, items, chunksize=chunksize)
-        return list(progress(results, total=len(items), desc=desc, quiet=quiet))
+        return list(progress(checked(results), total=len(items), desc=desc, quiet=quiet))

@@ -118,7 +118,7 @@ class CurateGroup(click.Group):
     command ends as one line and its exit code, never a traceback."""
 
     def invoke(self, ctx: click.Context):
-        with lifecycle.sigterm_as_interrupt():
+        with lifecycle.signals_as_interrupts():
             try:
                 return super().invoke(ctx)
             except KeyboardInterrupt as exc:

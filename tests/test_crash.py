@@ -1,0 +1,232 @@
+"""Crash safety, end to end: SIGKILL, SIGTERM and Ctrl-C of real `python cli.py` runs on generated
+images, a garbled manifest, a full disk, and a second run on a busy workdir."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from curation import lifecycle, safety
+from curation.manifest import WorkdirBusy, workdir_lock
+from tests.conftest import REPO, synthetic_photo
+
+N_IMAGES = 240
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """3 classes x 80 distinct 320x240 JPEGs: enough that a 2-worker pool runs a few tenths of a s."""
+    root = tmp_path_factory.mktemp("crash") / "data"
+    for i in range(N_IMAGES):
+        path = root / f"c{i % 3}" / f"{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synthetic_photo(i, (320, 240)).save(path)
+    return root
+
+
+def curate(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def finish(*args: str) -> subprocess.CompletedProcess:
+    process = curate(*args)
+    out, err = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, out, err)
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) processes whose parent is pid, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def signal_when_pooled(process: subprocess.Popen, signum: int) -> list[int]:
+    """Wait until the run has started its worker pool, send signum to the parent alone."""
+    deadline = time.time() + 60
+    while not (workers := children(process.pid)):
+        assert process.poll() is None, f"finished before its pool started: {process.stderr.read()}"
+        assert time.time() < deadline, "no worker pool started"
+        time.sleep(0.002)
+    process.send_signal(signum)
+    return workers
+
+
+def wait_gone(pids: list[int], seconds: float = 5.0) -> list[int]:
+    deadline = time.time() + seconds
+    while (left := [p for p in pids if alive(p)]) and time.time() < deadline:
+        time.sleep(0.02)
+    return left
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
+
+@needs_proc
+@pytest.mark.parametrize("step", ["scan", "dedupe"])
+def test_sigkill_mid_pool_frees_the_workdir_and_a_rerun_matches_a_clean_run(photos, tmp_path, step):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    for workdir in (clean, killed):
+        if step != "scan":
+            assert finish("scan", str(photos), "--workdir", str(workdir), "-q").returncode == 0
+    assert finish(step, str(photos), "--workdir", str(clean), "-q", "--workers", "2").returncode == 0
+    before = (killed / "manifest.parquet").read_bytes() if step != "scan" else None
+
+    process = curate(step, str(photos), "--workdir", str(killed), "-q", "--workers", "2")
+    workers = signal_when_pooled(process, signal.SIGKILL)
+    process.communicate(timeout=30)
+    assert wait_gone(workers) == [], "pool workers outlived their SIGKILLed parent"
+    if before is not None:   # killed mid-pool, before its write: the old manifest, untouched
+        assert (killed / "manifest.parquet").read_bytes() == before
+
+    rerun = finish(step, str(photos), "--workdir", str(killed), "-q", "--workers", "2")
+    assert rerun.returncode == 0, rerun.stderr
+    ours, theirs = (pd.read_parquet(w / "manifest.parquet") for w in (killed, clean))
+    pd.testing.assert_frame_equal(ours, theirs)
+
+
+@needs_proc
+@pytest.mark.parametrize(("signum", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"),
+                                                      (signal.SIGINT, 130, "Ctrl-C")])
+def test_sigterm_and_ctrl_c_mid_pool_give_one_line_and_the_shell_exit_code(photos, tmp_path,
+                                                                           signum, code, name):
+    process = curate("scan", str(photos), "--workdir", str(tmp_path), "-q", "--workers", "2")
+    workers = signal_when_pooled(process, signum)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == code, err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert err.startswith(f"Error: curate scan stopped by {name}") and "run it again" in err
+    assert wait_gone(workers) == []
+    assert not (tmp_path / "manifest.parquet").exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]   # nothing half-written
+
+
+@pytest.mark.parametrize(("command", "signum", "code"),
+                         [("split", signal.SIGTERM, 143), ("check-leaks", signal.SIGINT, 130),
+                          ("dedupe", signal.SIGTERM, 143), ("report", signal.SIGINT, 130)])
+def test_a_signal_in_any_step_is_one_line_with_its_exit_code(class_tree, tmp_path, monkeypatch,
+                                                             command, signum, code):
+    runner = CliRunner()
+    workdir = str(tmp_path / "w")
+    assert runner.invoke(main, ["scan", str(class_tree), "--workdir", workdir, "-q"]).exit_code == 0
+    read = safety.read_parquet_checked
+
+    def signalled_read(path):   # the signal arrives while the step reads its manifest
+        os.kill(os.getpid(), signum)
+        return read(path)
+
+    monkeypatch.setattr(safety, "read_parquet_checked", signalled_read)
+    result = runner.invoke(main, [command, str(class_tree), "--workdir", workdir, "-q"])
+    assert result.exit_code == code, result.output
+    assert result.output.strip().startswith(f"Error: curate {command} stopped by")
+    assert len(result.output.strip().splitlines()) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handler restored after
+
+
+def test_garbled_manifest_is_one_line_naming_it_and_the_bak_restores(class_tree, tmp_path):
+    workdir = tmp_path / "w"
+    for step in ("scan", "dedupe"):
+        assert finish(step, str(class_tree), "--workdir", str(workdir), "-q").returncode == 0
+    manifest = workdir / "manifest.parquet"
+    backup = workdir / "manifest.parquet.bak"
+    assert pd.read_parquet(backup).columns.tolist() == pd.read_parquet(manifest).columns.tolist()[:12]
+    os.truncate(manifest, manifest.stat().st_size // 2)
+
+    result = finish("split", str(class_tree), "--workdir", str(workdir), "-q")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert f"{manifest} is unreadable" in result.stderr and f"cp {backup} {manifest}" in result.stderr
+    assert "curate scan" in result.stderr and "Traceback" not in result.stderr
+
+    rescanned = finish("scan", str(class_tree), "--workdir", str(workdir), "-q")
+    assert rescanned.returncode == 0 and "rebuilding it from the files" in rescanned.stderr
+    assert pd.read_parquet(backup).columns.tolist() == pd.read_parquet(manifest).columns.tolist()
+    assert finish("split", str(class_tree), "--workdir", str(workdir), "-q").returncode == 0
+
+
+@pytest.mark.parametrize("step", ["scan", "dedupe"])
+def test_full_disk_is_one_line_with_the_space_needed(class_tree, tmp_path, monkeypatch, step):
+    runner = CliRunner()
+    workdir = tmp_path / "w"
+    assert runner.invoke(main, ["scan", str(class_tree), "--workdir", str(workdir), "-q"]).exit_code == 0
+    manifest = workdir / "manifest.parquet"
+    before = manifest.read_bytes()
+
+    def no_space(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"x" * 3_000_000)   # the part written before the disk filled
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_space)
+    result = runner.invoke(main, [step, str(class_tree), "--workdir", str(workdir), "-q"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: no space left on {workdir}: need ~3 MB")
+    assert len(result.output.strip().splitlines()) == 1
+    assert manifest.read_bytes() == before
+    assert not [p.name for p in workdir.iterdir() if ".tmp" in p.name]
+
+
+def test_a_second_run_on_a_busy_workdir_gets_the_busy_message(class_tree, tmp_path):
+    with workdir_lock(tmp_path):
+        result = finish("split", str(class_tree), "--workdir", str(tmp_path), "-q")
+    assert result.returncode == 1
+    assert f"in use by pid {os.getpid()}" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_lock_held_only_by_orphans_of_a_dead_pid_is_taken_over(tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    holder = subprocess.Popen(   # an orphan still holding the flock its dead parent wrote
+        [sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(h, fcntl.LOCK_EX); h.write(sys.argv[2]); h.flush(); print(1, flush=True); "
+         "time.sleep(60)", str(tmp_path / ".lock"), f"pid {dead.pid} on {os.uname().nodename}"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        assert not lifecycle.holder_alive(f"pid {dead.pid} on {os.uname().nodename}")
+        with workdir_lock(tmp_path):
+            assert (tmp_path / ".lock").read_text() == f"pid {os.getpid()} on {os.uname().nodename}"
+        assert "no longer running; taken over" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_live_holder_on_this_host_keeps_the_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; h = open(sys.argv[1], 'a+'); "
+         "fcntl.flock(h, fcntl.LOCK_EX); h.write(f'pid {os.getpid()} on {os.uname().nodename}'); "
+         "h.flush(); print(1, flush=True); time.sleep(60)", str(tmp_path / ".lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        with pytest.raises(WorkdirBusy, match=f"in use by pid {holder.pid}"):
+            with workdir_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
