@@ -230,3 +230,36 @@ def test_a_live_holder_on_this_host_keeps_the_lock(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+@needs_proc
+def test_the_decode_pool_workers_die_with_a_sigkilled_parent():
+    """map_files is the pool of scan, dedupe and train/evaluate's decode cache."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; from curation.parallel import "
+                                "map_files; map_files(time.sleep, [30] * 8, workers=2, quiet=True)"],
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stderr=subprocess.PIPE, text=True)
+    workers = signal_when_pooled(process, signal.SIGKILL)
+    process.wait(timeout=10)
+    assert wait_gone(workers) == []
+
+
+def test_a_decode_cache_array_without_its_index_is_not_trusted(tmp_path, make_image):
+    """A train run killed between renaming the new pixel array and its index must not pair the
+    new array with the old index (same length, other images): the cache is rebuilt instead."""
+    import numpy as np
+
+    from curation.manifest import atomic_write
+    from training.data import cache_paths, load_pixels
+
+    root = tmp_path / "data"
+    paths = [make_image(root / f"{i}.jpg", seed=i) for i in range(3)]
+    stats = [p.stat() for p in paths]
+    rows = pd.DataFrame({"path": [p.name for p in paths], "bytes": [s.st_size for s in stats],
+                         "mtime": [s.st_mtime for s in stats], "label": "x"})
+    pixels, located, _ = load_pixels(rows, root, 32, tmp_path / "cache", workers=1, quiet=True)
+    first = np.array(pixels[located["slot"]])
+    array_path, _ = cache_paths(tmp_path / "cache", 32)
+    atomic_write(array_path, lambda tmp: np.save(tmp, np.zeros_like(first)))
+    pixels, located, _ = load_pixels(rows, root, 32, tmp_path / "cache", workers=1, quiet=True)
+    assert np.array_equal(np.array(pixels[located["slot"]]), first)

@@ -75,7 +75,15 @@ def _read_cache(cache_dir: Path, size: int) -> tuple[pd.DataFrame, np.ndarray | 
         return empty, None
     pixels = np.load(array_path, mmap_mode="r")
     index = pd.read_parquet(index_path)
-    return (index, pixels) if len(index) == len(pixels) else (empty, None)
+    if "array" not in index.columns or set(index["array"]) != {_stamp(array_path)}:
+        return empty, None   # a run killed between the two renames: the pair does not match
+    return (index.drop(columns="array"), pixels) if len(index) == len(pixels) else (empty, None)
+
+
+def _stamp(path: Path) -> str:
+    """Which version of the array file this is (inode and mtime): the index names the one it indexes."""
+    info = path.stat()
+    return f"{info.st_ino}:{info.st_mtime_ns}"
 
 
 def _write_cache(cache_dir: Path, size: int, kept: pd.DataFrame, old_pixels: np.ndarray | None,
@@ -97,6 +105,7 @@ def _write_cache(cache_dir: Path, size: int, kept: pd.DataFrame, old_pixels: np.
     index = pd.concat([kept[IDENTITY_COLUMNS], added[IDENTITY_COLUMNS]], ignore_index=True)
     index["slot"] = np.arange(total)
     atomic_write(array_path, write)
+    index["array"] = _stamp(array_path)
     atomic_write(index_path, lambda tmp: index.to_parquet(tmp, index=False))
 
 
