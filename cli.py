@@ -235,7 +235,9 @@ def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, **options) -> d
     try:
         return pipeline.run_and_report(config, workdir, quiet=quiet, on_step=on_step, **options)
     except pipeline.StepFailed as failed:
-        raise click.ClickException(pipeline.failure_message(failed, command)) from None
+        error = click.ClickException(pipeline.failure_message(failed, command))
+        error.exit_code = getattr(failed.cause, "exit_code", 1)
+        raise error from None
     except KeyboardInterrupt as exc:
         from curation.lifecycle import interrupt_exit_code
 

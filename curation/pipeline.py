@@ -22,6 +22,7 @@ from typing import Callable
 import pandas as pd
 
 from curation.config import ConfigError, DatasetConfig, validate_backbone, validate_image_size
+from curation.errors import ManifestUnreadable
 from curation.manifest import (REVIEW_COLUMNS, ManifestMissing, atomic_write_json, read_manifest, read_run,
                        workdir_lock)
 
@@ -185,7 +186,7 @@ def is_current(step: Step, state: dict, print_: str, workdir: Path) -> str | Non
 def _manifest_or_none(workdir: Path) -> pd.DataFrame | None:
     try:
         return read_manifest(workdir)
-    except ManifestMissing:
+    except (ManifestMissing, ManifestUnreadable):   # scan, which runs first, rebuilds it
         return None
 
 

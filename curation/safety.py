@@ -102,7 +102,8 @@ def read_parquet_checked(path: Path) -> pd.DataFrame:
         if looks_like_parquet(backup):
             fix = f"restore the previous version with `cp {backup} {path}`, or re-run `curate scan`"
         else:
-            fix = "re-run `curate scan` to rebuild it (later steps must then run again)"
+            fix = ("re-run `curate scan` to rebuild it, then the later steps "
+                   "(`curate run --from dedupe`)")
         raise ManifestUnreadable(f"{path} is unreadable ({reason}): {fix}") from None
 
 
