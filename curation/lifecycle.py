@@ -53,7 +53,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def _start_worker(parent: int, initializer: Callable[[], None] | None) -> None:
-    """Pool initializer: die with the parent, leave Ctrl-C and SIGTERM to it, then the caller's own."""
+    """Pool initializer: die with the parent, leave Ctrl-C and SIGTERM to it, run the caller's."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -113,7 +113,7 @@ def checked(items: Iterable[T]) -> Iterator[T]:
 
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """While inside, Ctrl-C and SIGTERM raise in the main thread (handlers restored on the way out)."""
+    """While inside, Ctrl-C and SIGTERM raise in the main thread (handlers restored after)."""
     try:
         previous = {signum: signal.signal(signum, _raise_interrupt)
                     for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -133,7 +133,7 @@ def signals_as_interrupts() -> Iterator[None]:
 
 
 def _quiet_about_interrupts(fallback, unraisable) -> None:
-    """An interrupt swallowed in an at-fork hook is raised again later: print no traceback for it."""
+    """An interrupt swallowed in an at-fork hook is raised again later: no traceback for it."""
     if not isinstance(unraisable.exc_value, KeyboardInterrupt):
         fallback(unraisable)
 

@@ -119,19 +119,19 @@ class CurateGroup(click.Group):
     command ends as one line and its exit code, never a traceback."""
 
     def invoke(self, ctx: click.Context):
-        with lifecycle.signals_as_interrupts():
-            try:
+        try:
+            with lifecycle.signals_as_interrupts():
                 return super().invoke(ctx)
-            except KeyboardInterrupt as exc:
-                name = "SIGTERM" if isinstance(exc, lifecycle.Terminated) else "Ctrl-C"
-                raise one_line(Interrupted(
-                    f"curate {ctx.invoked_subcommand} stopped by {name}; nothing was half-written (finished files and "
-                    f"caches are kept): run it again to resume", lifecycle.interrupt_exit_code(exc))
-                ) from None
-            except CurateError as exc:
-                raise one_line(exc) from None
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    raise
-                where = Path(exc.filename).parent if exc.filename else Path.cwd()
-                raise one_line(disk_full(where, 0)) from None
+        except KeyboardInterrupt as exc:
+            name = "SIGTERM" if isinstance(exc, lifecycle.Terminated) else "Ctrl-C"
+            raise one_line(Interrupted(
+                f"curate {ctx.invoked_subcommand} stopped by {name}; nothing was half-written "
+                f"(finished files and caches are kept): run it again to resume",
+                lifecycle.interrupt_exit_code(exc))) from None
+        except CurateError as exc:
+            raise one_line(exc) from None
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            where = Path(exc.filename).parent if exc.filename else Path.cwd()
+            raise one_line(disk_full(where, 0)) from None

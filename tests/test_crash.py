@@ -23,7 +23,7 @@ N_IMAGES = 240
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
-    """3 classes x 80 distinct 320x240 JPEGs: enough that a 2-worker pool runs a few tenths of a s."""
+    """3 classes x 80 distinct 320x240 JPEGs: a 2-worker pool runs for a few tenths of a second."""
     root = tmp_path_factory.mktemp("crash") / "data"
     for i in range(N_IMAGES):
         path = root / f"c{i % 3}" / f"{i}.jpg"
@@ -66,14 +66,18 @@ def alive(pid: int) -> bool:
         return False
 
 
-def signal_when_pooled(process: subprocess.Popen, signum: int) -> list[int]:
-    """Wait until the run has started its worker pool, send signum to the parent alone."""
+def signal_when_pooled(process: subprocess.Popen, signum: int, *, group: bool = False) -> list[int]:
+    """Wait until the run has started its worker pool, send signum to the parent alone (or to
+    its whole process group, as a terminal's Ctrl-C does)."""
     deadline = time.time() + 60
     while not (workers := children(process.pid)):
         assert process.poll() is None, f"finished before its pool started: {process.stderr.read()}"
         assert time.time() < deadline, "no worker pool started"
         time.sleep(0.002)
-    process.send_signal(signum)
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     return workers
 
 
@@ -94,7 +98,8 @@ def test_sigkill_mid_pool_frees_the_workdir_and_a_rerun_matches_a_clean_run(phot
     for workdir in (clean, killed):
         if step != "scan":
             assert finish("scan", str(photos), "--workdir", str(workdir), "-q").returncode == 0
-    assert finish(step, str(photos), "--workdir", str(clean), "-q", "--workers", "2").returncode == 0
+    clean_run = finish(step, str(photos), "--workdir", str(clean), "-q", "--workers", "2")
+    assert clean_run.returncode == 0
     before = (killed / "manifest.parquet").read_bytes() if step != "scan" else None
 
     process = curate(step, str(photos), "--workdir", str(killed), "-q", "--workers", "2")
@@ -111,12 +116,15 @@ def test_sigkill_mid_pool_frees_the_workdir_and_a_rerun_matches_a_clean_run(phot
 
 
 @needs_proc
-@pytest.mark.parametrize(("signum", "code", "name"), [(signal.SIGTERM, 143, "SIGTERM"),
-                                                      (signal.SIGINT, 130, "Ctrl-C")])
-def test_sigterm_and_ctrl_c_mid_pool_give_one_line_and_the_shell_exit_code(photos, tmp_path,
-                                                                           signum, code, name):
-    process = curate("scan", str(photos), "--workdir", str(tmp_path), "-q", "--workers", "2")
-    workers = signal_when_pooled(process, signum)
+@pytest.mark.parametrize(("signum", "code", "name", "group"),
+                         [(signal.SIGTERM, 143, "SIGTERM", False),
+                          (signal.SIGINT, 130, "Ctrl-C", False),
+                          (signal.SIGINT, 130, "Ctrl-C", True)])
+def test_sigterm_and_ctrl_c_mid_pool_give_one_line_and_the_shell_exit_code(
+        photos, tmp_path, signum, code, name, group):
+    process = curate("scan", str(photos), "--workdir", str(tmp_path), "-q", "--workers", "2",
+                     start_new_session=True)
+    workers = signal_when_pooled(process, signum, group=group)
     _, err = process.communicate(timeout=30)
     assert process.returncode == code, err
     assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
@@ -148,19 +156,42 @@ def test_a_signal_in_any_step_is_one_line_with_its_exit_code(class_tree, tmp_pat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handler restored after
 
 
+def test_a_swallowed_sigterm_still_stops_the_step_before_it_writes(class_tree, tmp_path,
+                                                                   monkeypatch):
+    """Python drops an exception raised by a handler inside an at-fork hook; the signal noted by
+    the handler must still stop the run before it renames anything into place."""
+    runner = CliRunner()
+    workdir = tmp_path / "w"
+    assert runner.invoke(main, ["scan", str(class_tree), "--workdir", str(workdir)]).exit_code == 0
+    before = (workdir / "manifest.parquet").read_bytes()
+    read = safety.read_parquet_checked
+
+    def swallowed(path):
+        lifecycle._signalled.append(signal.SIGTERM)   # what the handler notes before it raises
+        return read(path)
+
+    monkeypatch.setattr(safety, "read_parquet_checked", swallowed)
+    result = runner.invoke(main, ["dedupe", str(class_tree), "--workdir", str(workdir), "-q"])
+    assert result.exit_code == 143 and "stopped by SIGTERM" in result.output
+    assert (workdir / "manifest.parquet").read_bytes() == before
+    assert not (workdir / "dupes.csv").exists()
+
+
 def test_garbled_manifest_is_one_line_naming_it_and_the_bak_restores(class_tree, tmp_path):
     workdir = tmp_path / "w"
     for step in ("scan", "dedupe"):
         assert finish(step, str(class_tree), "--workdir", str(workdir), "-q").returncode == 0
     manifest = workdir / "manifest.parquet"
     backup = workdir / "manifest.parquet.bak"
-    assert pd.read_parquet(backup).columns.tolist() == pd.read_parquet(manifest).columns.tolist()[:12]
+    scanned = pd.read_parquet(backup).columns.tolist()   # the version before dedupe's write
+    assert scanned == pd.read_parquet(manifest).columns.tolist()[:len(scanned)]
     os.truncate(manifest, manifest.stat().st_size // 2)
 
     result = finish("split", str(class_tree), "--workdir", str(workdir), "-q")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
-    assert f"{manifest} is unreadable" in result.stderr and f"cp {backup} {manifest}" in result.stderr
+    assert f"{manifest} is unreadable" in result.stderr
+    assert f"cp {backup} {manifest}" in result.stderr
     assert "curate scan" in result.stderr and "Traceback" not in result.stderr
 
     rescanned = finish("scan", str(class_tree), "--workdir", str(workdir), "-q")
@@ -173,7 +204,8 @@ def test_garbled_manifest_is_one_line_naming_it_and_the_bak_restores(class_tree,
 def test_full_disk_is_one_line_with_the_space_needed(class_tree, tmp_path, monkeypatch, step):
     runner = CliRunner()
     workdir = tmp_path / "w"
-    assert runner.invoke(main, ["scan", str(class_tree), "--workdir", str(workdir), "-q"]).exit_code == 0
+    scanned = runner.invoke(main, ["scan", str(class_tree), "--workdir", str(workdir), "-q"])
+    assert scanned.exit_code == 0
     manifest = workdir / "manifest.parquet"
     before = manifest.read_bytes()
 
@@ -235,8 +267,9 @@ def test_a_live_holder_on_this_host_keeps_the_lock(tmp_path):
 @needs_proc
 def test_the_decode_pool_workers_die_with_a_sigkilled_parent():
     """map_files is the pool of scan, dedupe and train/evaluate's decode cache."""
-    process = subprocess.Popen([sys.executable, "-c", "import time; from curation.parallel import "
-                                "map_files; map_files(time.sleep, [30] * 8, workers=2, quiet=True)"],
+    code = ("import time; from curation.parallel import map_files; "
+            "map_files(time.sleep, [30] * 8, workers=2, quiet=True)")
+    process = subprocess.Popen([sys.executable, "-c", code],
                                cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                                stderr=subprocess.PIPE, text=True)
     workers = signal_when_pooled(process, signal.SIGKILL)
