@@ -162,8 +162,9 @@ def unchanged_rows(old: pd.DataFrame | None, current: pd.DataFrame,
 
 
 def record_run(workdir: Path, step: str, *, settings: dict, summary: dict,
-               started: float) -> Path:
-    """Write runs/<step>.json: what a step was asked, what it found, versions and time taken."""
+               started: float, fingerprint: str | None = None) -> Path:
+    """Write runs/<step>.json: what a step was asked, what it found, versions, time taken and
+    the fingerprint the pipeline compares (curation/steps.py)."""
     from importlib import metadata
 
     versions = {}
@@ -172,7 +173,7 @@ def record_run(workdir: Path, step: str, *, settings: dict, summary: dict,
             versions[package] = metadata.version(package)
     record = {"step": step, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "seconds": round(time.time() - started, 3), "settings": settings,
-              "summary": summary, "versions": versions}
+              "summary": summary, "versions": versions, "fingerprint": fingerprint}
     return atomic_write_json(Path(workdir) / "runs" / f"{step}.json", record)
 
 

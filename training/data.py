@@ -16,8 +16,8 @@ import pandas as pd
 from curation.images import ImageError, load_array
 from curation.manifest import IDENTITY_COLUMNS, ManifestMissing, atomic_write
 from curation.parallel import map_files
+from curation.vocabulary import SPLITS
 
-SPLITS = ("train", "val", "test")
 
 
 def label_series(manifest: pd.DataFrame) -> pd.Series:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from curation.vocabulary import unit_rows
+
 REASONS = ("non_car", "mislabel", "outlier")
 SIGNAL_COLUMNS = ["noise_ood", "noise_outlier", "noise_mislabel", "noise_given_prob"]
 
@@ -45,8 +47,7 @@ class Signals:
 
 def unit_vectors(embeddings: np.ndarray) -> np.ndarray:
     """L2-normalised float32 rows (cosine geometry)."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(embeddings, np.float32)
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from typing import Callable, Iterator
 import pandas as pd
 
 from curation.config import ConfigError, DatasetConfig
+from curation.errors import CurateError
 from curation.review.fiftyone_db import dataset_name, fiftyone_database, import_fiftyone, port_in_use, resolve_db_dir
 from curation.manifest import (REVIEW_COLUMNS, merge_columns, read_manifest, record_run, workdir_lock,
                        write_manifest)
@@ -33,6 +34,10 @@ LISTED = 20
 
 
 # ---- the App --------------------------------------------------------------------------------
+
+class AppTimeout(CurateError, TimeoutError):
+    """The FiftyOne App did not answer in time."""
+
 
 def app_url(host: str, port: int, name: str, view_slug: str | None = None) -> str:
     """The App's URL for a dataset (and saved view)."""
@@ -49,7 +54,7 @@ def wait_for_http(url: str, timeout: float = 120) -> int:
                 return response.status
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             if time.time() > deadline:
-                raise TimeoutError(f"the FiftyOne App did not answer at {url} in {timeout:.0f} s")
+                raise AppTimeout(f"the FiftyOne App did not answer at {url} in {timeout:.0f} s")
             time.sleep(0.5)
 
 
