@@ -142,7 +142,10 @@ def _command_line(ctx: click.Context) -> str:
     parts = [f"curate {ctx.info_name}"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
-        if param.name in ("as_json", "quiet") or value in (None, False, ()) or value == param.default:
+        plain_flag_off = value is False and not getattr(param, "secondary_opts", None)
+        if param.name in ("as_json", "quiet") or value in (None, ()) or plain_flag_off:
+            continue
+        if value == param.default:
             continue
         if isinstance(param, click.Argument):
             parts.append(shlex.quote(str(value)))

@@ -1,5 +1,4 @@
-"""`curate run`: the registry's steps (scan → dedupe → flag-noise → split → train → evaluate)
-in one command, resumable.
+"""`curate run`: the registry's steps in one command, resumable.
 
 Each step's settings are, per field: what this run was given, else (for settings that change
 the result and are not taken from datasets.yaml) what the step recorded last time, else the

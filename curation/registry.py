@@ -14,5 +14,5 @@ PIPELINE: tuple[Step, ...] = (SCAN, DEDUPE, FLAG_NOISE, SPLIT, TRAIN, EVALUATE)
 NAMES = tuple(step.name for step in PIPELINE)
 BY_NAME = {step.name: step for step in PIPELINE}
 # runs/<step>.json of steps outside `curate run`, placed where their results are read
-RECORD_ORDER = (*NAMES[:NAMES.index("split")], "review", "review-sync", *NAMES[NAMES.index("split"):],
-                "check-leaks")
+RECORD_ORDER = (*NAMES[:NAMES.index("split")], "review", "review-sync",
+                *NAMES[NAMES.index("split"):], "check-leaks")

@@ -43,9 +43,9 @@ class Step:
     uses: tuple[str, ...] = ()                     # manifest columns read when present
     adds: tuple[str, ...] = ()                     # manifest columns it writes
     outputs: tuple[str, ...] = ()                  # files it leaves in the workdir
-    after: tuple[str, ...] = ()                    # steps whose results it reads besides columns
+    after: tuple[str, ...] = ()                    # steps whose files it reads (any re-run counts)
     constants: dict = field(default_factory=dict)  # recorded with the settings (method versions)
-    on_change: dict = field(default_factory=dict)  # settings the pipeline adds when settings changed
+    on_change: dict = field(default_factory=dict)  # set by the pipeline when settings changed
     check: Callable[["Workdir", Any], None] | None = None   # before the lock: refuse early
     always: bool = False                           # the pipeline never skips it (scan)
     lock: bool = True                              # holds the workdir lock while it runs
@@ -70,7 +70,9 @@ def frame_digest(frame: pd.DataFrame | None, columns) -> str:
 def fingerprint(step: Step, record: dict, workdir: Path, manifest: pd.DataFrame | None) -> str:
     """What a step's result depends on: its recorded settings and its inputs."""
     kept = {k: record.get(k) for k in [*settings_.result_keys(step.settings), *step.constants]}
-    upstream = {name: (read_run(workdir, name) or {}).get("fingerprint") for name in step.after}
+    records = {name: read_run(workdir, name) or {} for name in step.after}
+    upstream = {name: [record.get("fingerprint"), record.get("finished")]   # that very run's files
+                for name, record in records.items()}
     return digest(step.name, kept, frame_digest(manifest, [*step.needs, *step.uses]), upstream)
 
 

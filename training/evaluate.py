@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,9 @@ from curation.vocabulary import MODEL_DIR
 from .data import decode_file, encode_labels, load_pixels, pixel_cache_dir, split_rows
 from .plots import confusion_matrix_plot
 from .predict import NOT_A_CAR, UNSURE, Predictor
-from .steps import EvaluateSettings
+
+if TYPE_CHECKING:   # training.steps imports this module when a run starts
+    from .steps import EvaluateSettings
 
 def score(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""

@@ -119,8 +119,9 @@ def _describe_evaluate(summary: dict) -> str:
     return work_.describe(summary)
 
 
-TRAIN = Step("train", TrainSettings, _train, _describe_train, help=TRAIN_HELP, needs=("path", "label", "split"),
-             uses=("bytes", "mtime"), outputs=(f"{MODEL_DIR}/model.keras",))
+TRAIN = Step("train", TrainSettings, _train, _describe_train, help=TRAIN_HELP,
+             needs=("path", "label", "split"), uses=("bytes", "mtime"),
+             outputs=(f"{MODEL_DIR}/model.keras",))
 EVALUATE = Step("evaluate", EvaluateSettings, _evaluate, _describe_evaluate, help=EVALUATE_HELP,
                 needs=("path", "label", "split"), uses=("bytes", "mtime"), after=("train",),
                 outputs=("metrics.json",))

@@ -13,6 +13,7 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -31,7 +32,9 @@ from .model import (accelerator, build_classifier, feature_model, head_model, sa
                     unfreeze_top, use_mixed_precision)
 from .plots import training_curves
 from .predict import calibrate, flip_averaged, write_calibration
-from .steps import TrainSettings
+
+if TYPE_CHECKING:   # training.steps imports this module when a run starts
+    from .steps import TrainSettings
 
 
 def select_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:

@@ -16,7 +16,8 @@ import pandas as pd
 from curation.config import DatasetConfig
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                        thresholds_for)
-from curation.dedupe.hashing import HASH_METHOD, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
+from curation.dedupe.hashing import (HASH_METHOD, hash_columns, hash_files, parse_kinds,
+                                     pixel_digests, to_uint64)
 from curation.leaks import describe_leaks, leak_report
 from curation.manifest import DEDUPE_COLUMNS, file_identity, unchanged_rows
 from curation.settings import setting
@@ -242,7 +243,8 @@ writes dupes.csv and dupes.png; a re-run only hashes new or changed files.
 """
 
 
-STEP = Step("dedupe", Settings, run, describe, help=HELP, needs=tuple(_SCAN_NEEDS), uses=("label", "given_split"),
+STEP = Step("dedupe", Settings, run, describe, help=HELP, needs=tuple(_SCAN_NEEDS),
+            uses=("label", "given_split"),
             adds=(*DEDUPE_COLUMNS, "dup_reason", "dup_keeper_reason"),
             outputs=("dupes.csv",),
             constants={"hash_method": HASH_METHOD, "pixel_check_radius": PIXEL_CHECK_RADIUS})

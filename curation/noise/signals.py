@@ -51,10 +51,11 @@ def unit_vectors(embeddings: np.ndarray) -> np.ndarray:
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """(v - median) / (1.4826 MAD): a z-score that the outliers themselves cannot inflate."""
-    median = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - median))
-    return (values - median) / max(mad, 1e-9)
+    """(v - median) / (normal-scaled MAD): a z-score that the outliers themselves cannot inflate."""
+    from scipy.stats import median_abs_deviation
+
+    mad = median_abs_deviation(values, scale="normal")
+    return (values - np.median(values)) / max(mad, 1e-9)
 
 
 def robust_centre(vectors: np.ndarray, *, trim: float = 0.8, rounds: int = 5) -> np.ndarray:

@@ -255,6 +255,7 @@ Unchanged files (same path, size, mtime) reuse their cached rows.
 """
 
 
-STEP = Step("scan", Settings, run, describe, help=HELP, adds=tuple(SCAN_COLUMNS), check=check_places,
+STEP = Step("scan", Settings, run, describe, help=HELP, adds=tuple(SCAN_COLUMNS),
+            check=check_places,
             uses=("path", "bytes", "mtime", "sha256", "readable", "label", "given_split"),
             always=True)

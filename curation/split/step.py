@@ -388,7 +388,8 @@ Writes the manifest's split, split_label and split_excluded_by columns and
 """
 
 
-STEP = Step("split", Settings, run, describe, help=HELP, needs=("path", "label", "readable"),
+STEP = Step("split", Settings, run, describe, help=HELP,
+            needs=("path", "label", "readable"),
             uses=("given_split", "width", "height", "bytes", "sha256", "dup_group", "dup_keeper",
                   "noise_flag", "review_decision", "review_label"),
             adds=tuple(SPLIT_OUTPUT_COLUMNS), outputs=("splits.csv",),
