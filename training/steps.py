@@ -65,7 +65,7 @@ class EvaluateSettings:
     """What `curate evaluate` can be told."""
 
     model_dir: Path | None = setting(None, "Trained model folder (default: <workdir>/model).",
-                                     path="dir")
+                                     path="dir", result=False)   # its outputs go beside it
     ood_folder: Path | None = setting(None, "Folder of images of no trained class (e.g. "
                                       "non-cars): report how often the guard flags them.",
                                       path="dir", exists=True)
