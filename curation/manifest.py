@@ -148,14 +148,16 @@ def file_identity(paths: Iterable[str], root: Path | None = None) -> pd.DataFram
     return pd.DataFrame(rows, columns=IDENTITY_COLUMNS)
 
 
-def unchanged_rows(old: pd.DataFrame | None, current: pd.DataFrame,
-                   columns: Iterable[str]) -> pd.DataFrame:
-    """Rows of `old` whose file identity (path, bytes, mtime) still matches and that hold `columns`.
+def unchanged_rows(old: pd.DataFrame | None, current: pd.DataFrame, columns: Iterable[str], *,
+                   made_with: str | None = None, wanted: str | None = None) -> pd.DataFrame:
+    """Rows of `old` whose file identity (path, bytes, mtime) still matches and that hold `columns`;
+    none when `old` was made with another method or settings digest (`made_with` != `wanted`).
 
-    This is the per-image cache: a re-run only computes values for files not returned here.
+    The one per-file cache rule (scan's rows, dedupe's hashes, the training pixel cache): a
+    re-run only computes values for files not returned here.
     """
     columns = list(columns)
-    if old is None or not set(columns) <= set(old.columns):
+    if old is None or made_with != wanted or not set(columns) <= set(old.columns):
         return pd.DataFrame(columns=[*IDENTITY_COLUMNS, *columns])
     keep = old[[*IDENTITY_COLUMNS, *[c for c in columns if c not in IDENTITY_COLUMNS]]]
     return keep.merge(current[IDENTITY_COLUMNS], on=IDENTITY_COLUMNS, how="inner")

@@ -84,9 +84,8 @@ def _cached_hashes(work: Workdir, readable: pd.DataFrame,
     differs = (current[["bytes", "mtime"]].to_numpy()
                != readable[["bytes", "mtime"]].to_numpy()).any(axis=1)
     changed = current.loc[differs, "path"].tolist()
-    if work.last().get("hash_method") != HASH_METHOD:
-        return pd.DataFrame(columns=["path", *columns]), changed
-    cached = unchanged_rows(readable, current, columns).dropna(subset=columns)
+    cached = unchanged_rows(readable, current, columns, made_with=work.last().get("hash_method"),
+                            wanted=HASH_METHOD).dropna(subset=columns)
     return cached[["path", *columns]], changed
 
 
