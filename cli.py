@@ -18,6 +18,7 @@ from curation.config import load_config, resolve_dataset
 from curation.errors import Interrupted
 from curation.lifecycle import interrupt_exit_code
 from curation.safety import CurateGroup, one_line
+from curation.registry import REVIEW
 from curation.steps import Step, run_step
 
 WORKDIR_HELP = "Where results go (default: .curate/<dataset name>/)."
@@ -269,18 +270,9 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
               help="Port the App listens on.")
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Address the App listens on (0.0.0.0 serves other machines too).")
-@click.option("--db-dir", type=click.Path(file_okay=False), envvar="CURATE_FO_DB_DIR",
-              help="Keep the FiftyOne database in this folder, served by a private mongod "
-                   "[env CURATE_FO_DB_DIR; default: FiftyOne's own database].")
-@click.option("--fo-dataset", envvar="CURATE_FO_DATASET",
-              help="FiftyOne dataset name [env CURATE_FO_DATASET; default: curate-<dataset>].")
-@click.option("--map-method", type=click.Choice(["auto", "umap", "tsne", "pca", "none"]),
-              default="auto", show_default=True,
-              help="2-D map of the cached embeddings (auto: umap if umap-learn is installed, "
-                   "else tsne).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the 2-D map.")
-def review(config, workdir: Path, quiet: bool, do_sync, no_launch, port, address, db_dir,
-           fo_dataset, map_method, seed):
+@step_options(REVIEW)
+def review(config, workdir: Path, quiet: bool, do_sync, no_launch, port, address, fo_dataset,
+           db_dir, map_method, seed):
     """Review flagged images in the FiftyOne App; --sync brings the decisions back.
 
     \b
@@ -299,13 +291,13 @@ def review(config, workdir: Path, quiet: bool, do_sync, no_launch, port, address
     """
     from curation.review import step as review_step
 
+    where = {"fo_dataset": fo_dataset, "db_dir": db_dir}
     if do_sync:
-        return review_step.sync(config, workdir, fo_dataset=fo_dataset, db_dir=db_dir,
-                                quiet=quiet), review_step.describe
+        return review_step.sync(config, workdir, quiet=quiet, **where), review_step.describe
     return review_step.review(
-        config, workdir, fo_dataset=fo_dataset, db_dir=db_dir, launch=not no_launch,
-        address=address, port=port, map_method=map_method, seed=seed, quiet=quiet,
-        announce=lambda text: click.echo(text, err=True)), review_step.describe
+        config, workdir, launch=not no_launch, address=address, port=port, quiet=quiet,
+        map_method=map_method, seed=seed, announce=lambda text: click.echo(text, err=True),
+        **where), review_step.describe
 
 
 @main.command()

@@ -59,7 +59,7 @@ def given_for(step: Step, settings: dict) -> dict:
 def check_keys(settings: dict) -> None:
     """Refuse a key that is neither a step name nor a setting of some step."""
     known = {f.name for step in registry.PIPELINE for f in dataclasses.fields(step.settings)}
-    unknown = sorted(k for k in settings if k not in known and k not in registry.BY_NAME)
+    unknown = sorted(k for k in settings if k not in known and k not in registry.NAMES)
     if unknown:
         raise ConfigError(f"run: unknown setting(s) {unknown} (known: {', '.join(sorted(known))})")
 

@@ -79,8 +79,10 @@ def fingerprint(step: Step, record: dict, workdir: Path, manifest: pd.DataFrame 
 class Workdir:
     """One step's view of <workdir>: lock, manifest, outputs, records (see the module docstring)."""
 
-    def __init__(self, path: Path, config: DatasetConfig, step: Step, *, quiet: bool = False):
+    def __init__(self, path: Path, config: DatasetConfig, step: Step, *, quiet: bool = False,
+                 context: dict | None = None):
         self.path, self.config, self.step, self.quiet = Path(path), config, step, quiet
+        self.context = context or {}   # what the caller hands this run (review: the live database)
         self.root = Path(config.root)
         self.started = time.time()
         self.derived: dict = {}   # values the step works out from its settings, recorded too
@@ -134,9 +136,9 @@ def run_step(step: Step, config: DatasetConfig, workdir: Path, *, quiet: bool = 
 
 
 def execute(step: Step, settings, config: DatasetConfig, workdir: Path, *,
-            quiet: bool = False) -> dict:
+            quiet: bool = False, context: dict | None = None) -> dict:
     """Check, hold the lock, run the step, record it; returns its summary."""
-    work = Workdir(workdir, config, step, quiet=quiet)
+    work = Workdir(workdir, config, step, quiet=quiet, context=context)
     if step.check is not None:
         step.check(work, settings)
     holding = workdir_lock(work.path) if step.lock else contextlib.nullcontext()
