@@ -4,6 +4,8 @@ imagededup's PHash on the same files, and the Hamming search alone on 1,000,000 
 Planted copies go to a temporary folder (never into $CURATE_DATA) and are deleted afterwards.
 Prints one JSON object. Example:
     CURATE_DATA=../shared/data python bench/dedupe_bench.py --limit 600
+    CURATE_DATA=../shared/data CURATE_WEIGHTS=../shared/weights python bench/dedupe_bench.py \
+        --compound --limit 400 --compare-python .venv-bench/bin/python
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from curation.dedupe.hashing import (DECODE_MIN_SIDE, KINDS, hash_columns, hash_
                               to_uint64)
 from curation.images import ImageError, load_gray, load_image, probe
 from curation.parallel import map_files
+from dedupe_compound import main_compound
 
 COMBOS = [("phash",), ("dhash",), ("whash",), ("ahash",), ("phash", "dhash"),
           ("phash", "ahash"), ("phash", "whash")]
@@ -203,12 +206,24 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved speed runs per contender; the best of each is reported")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--compound", action="store_true",
+                        help="single and compound edits, curate vs fastdup and cleanvision "
+                             "(bench/dedupe_compound.py); --limit picks originals across classes")
+    parser.add_argument("--keep", help="--compound: plant into (and reuse) this folder, with "
+                                       "its embedding cache, instead of a temporary one")
+    parser.add_argument("--compare-python",
+                        help="--compound: interpreter of a virtualenv with the bench extra "
+                             "(fastdup, cleanvision)")
     args = parser.parse_args()
     data = os.environ.get("CURATE_DATA")
     source_dir = Path(data or ".") / "stanford-cars-25"
     if not source_dir.is_dir():
         sys.exit(f"{source_dir} not found: set CURATE_DATA to the shared data folder")
     sources = sorted(source_dir.glob("*/*.jpg"))
+    if args.compound:
+        step = max(1, len(sources) // args.limit) if args.limit else 1
+        main_compound(args, sources[::step][:args.limit or None], file_rows)
+        return
     sources = sources[:args.limit] if args.limit else sources
     report: dict = {"dataset": "stanford-cars-25", "originals": len(sources), "seed": args.seed,
                     "workers": args.workers, "cores": os.cpu_count()}

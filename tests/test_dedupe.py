@@ -13,7 +13,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from cli import main
 from curation.config import DatasetConfig, resolve_dataset
-from curation.dedupe.step import dedupe
+from curation.dedupe.step import dedupe, describe
 from curation.manifest import read_manifest
 from curation.scan.step import scan
 from tests.conftest import synthetic_photo
@@ -56,9 +56,10 @@ def planted(tmp_path) -> Path:
 
 
 def run(root: Path, work: Path, **options) -> tuple[dict, pd.DataFrame]:
+    """scan + dedupe, hash-only unless told (the embedding stage has its own tests)."""
     config = resolve_dataset(str(root))
     scan(config, work, workers=1, quiet=True)
-    summary = dedupe(config, work, workers=1, quiet=True, **options)
+    summary = dedupe(config, work, workers=1, quiet=True, **{"embeddings": "off", **options})
     return summary, read_manifest(work).set_index("path")
 
 
@@ -70,10 +71,12 @@ def test_planted_copies_are_grouped_and_distinct_photos_are_not(planted, tmp_pat
     assert summary["groups"] == len(COPIES)
     assert m["dup_group"].notna().sum() == 2 * len(COPIES)   # every other photo stays unique
     reasons = {copy: m.at[copy, "dup_reason"] for copy in COPIES if not m.at[copy, "dup_keeper"]}
-    assert reasons["gamma/same-bytes.jpg"] == "same bytes"
-    assert m.at["alpha/mirrored.jpg", "dup_reason"] == "mirrored"
+    assert reasons["gamma/same-bytes.jpg"] == "exact: same bytes"
+    assert m.at["alpha/mirrored.jpg", "dup_reason"].startswith("mirrored: phash ")
+    assert m.at["beta/cropped.jpg", "dup_reason"].startswith(("cropped: phash ", "near: phash "))
     pair = m.loc[["gamma/same-pixels.png", "gamma/1.png"], "dup_reason"].dropna().tolist()
-    assert pair == ["same pixels"]
+    assert pair == ["exact: same pixels"]
+    assert not summary["embeddings"]["used"] and m["dup_split"].isna().all()
     assert summary["label_conflicts"]["groups"] == 1           # beta/2 copied into gamma
 
 
@@ -138,14 +141,19 @@ def test_cross_split_duplicates_are_reported(tmp_path):
         "train/car/0.jpg"
 
 
-def test_cli_json_and_clear_errors(planted, tmp_path):
+def test_cli_json_and_clear_errors(planted, tmp_path, monkeypatch):
+    monkeypatch.delenv("CURATE_WEIGHTS", raising=False)       # no weights on disk: hash-only
     work = tmp_path / "work"
     runner = CliRunner()
     assert runner.invoke(main, ["scan", str(planted), "--workdir", str(work), "-q"]).exit_code == 0
     result = runner.invoke(main, ["dedupe", str(planted), "--workdir", str(work), "--json",
                                   "--workers", "1"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["groups"] == len(COPIES)
+    summary = json.loads(result.output)
+    assert summary["groups"] == len(COPIES) and not summary["embeddings"]["used"]
+    assert "CURATE_WEIGHTS" in summary["embeddings"]["reason"]
+    text = runner.invoke(main, ["dedupe", str(planted), "--workdir", str(work), "--workers", "1"])
+    assert "hash-only (no embedding stage: no backbone weights on disk" in text.output
     bad = runner.invoke(main, ["dedupe", str(planted), "--workdir", str(work), "--hash", "md5"])
     assert bad.exit_code != 0 and "unknown hash md5" in bad.output
     missing = runner.invoke(main, ["dedupe", str(planted), "--workdir", str(tmp_path / "none")])
@@ -157,6 +165,19 @@ def test_unhashable_rows_do_not_stop_the_run(planted, tmp_path):
     config = DatasetConfig(name="planted", root=planted)
     scan(config, work, workers=1, quiet=True)
     (planted / "alpha" / "3.jpg").write_bytes(b"")        # broken after the scan
-    summary = dedupe(config, work, workers=1, quiet=True)
+    summary = dedupe(config, work, workers=1, quiet=True, embeddings="off")
     assert summary["hash_failed"] == {"empty file": ["alpha/3.jpg"]}
     assert summary["changed_since_scan"] == 1 and summary["groups"] == len(COPIES)
+
+
+@pytest.mark.weights
+def test_embedding_stage_embeds_once_and_reuses_the_cache(planted, tmp_path, curate_weights):
+    work = tmp_path / "work"
+    first, m = run(planted, work, embeddings="auto")
+    assert first["embeddings"]["used"] and first["embeddings"]["computed"] == 18   # 19 files,
+    assert first["groups"] == len(COPIES)                                        # 18 contents
+    for copy, original in COPIES.items():
+        assert m.at[copy, "dup_group"] == m.at[original, "dup_group"], copy
+    again, _ = run(planted, work, embeddings="auto")
+    assert again["embeddings"]["computed"] == 0 and again["embeddings"]["reused"] == 18
+    assert "embedding stage: mobilenet_v2" in describe(again)

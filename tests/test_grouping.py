@@ -42,6 +42,7 @@ def test_thresholds_and_alignments():
     with pytest.raises(ValueError, match="threshold"):
         thresholds_for(["phash"], 65)
     assert set(alignments_for(False)) == {"near", "cropped"}
+    assert set(alignments_for(True)) == {"near", "cropped", "mirrored", "mirrored+cropped"}
 
 
 def test_every_kind_must_agree_and_mirrors_need_three_quarters_of_the_threshold():
@@ -51,7 +52,9 @@ def test_every_kind_must_agree_and_mirrors_need_three_quarters_of_the_threshold(
     other = np.uint64(2**64 - 1)              # at least 54 bits from all of the above
     hashes = {"phash": np.array([one, near, one]), "dhash": np.array([one, one, far]),
               "phash_mirror": np.array([other] * 3), "dhash_mirror": np.array([other] * 3),
-              "phash_inner": np.array([other] * 3), "dhash_inner": np.array([other] * 3)}
+              "phash_inner": np.array([other] * 3), "dhash_inner": np.array([other] * 3),
+              "phash_mirror_inner": np.array([other] * 3),
+              "dhash_mirror_inner": np.array([other] * 3)}
     i, j = np.array([0, 0]), np.array([1, 2])
     out = hash_matches(i, j, hashes, {"phash": 8, "dhash": 8}, alignments_for(True))
     assert out["match"].tolist() == [True, False]           # pair 0-2: dhash disagrees
@@ -88,3 +91,54 @@ def test_planted_copies_of_real_photos(curate_data, tmp_path):
     assert score["recall"] >= 0.9, score
 
 
+
+
+def _table(phash: list[int], dhash: list[int] | None = None) -> dict[str, np.ndarray]:
+    """Hash arrays for hand-made pictures: given plain hashes, every other variant far away."""
+    far = np.full(len(phash), np.uint64(2**64 - 1))
+    plain = {"phash": np.array(phash, dtype=np.uint64),
+             "dhash": np.array(dhash or [0] * len(phash), dtype=np.uint64)}
+    return {f"{kind}{variant}": values if not variant else far
+            for kind, values in plain.items()
+            for variant in ("", "_mirror", "_inner", "_mirror_inner")}
+
+
+def _rows(n: int) -> pd.DataFrame:
+    """n distinct files, the first one the largest (so the keepers are predictable)."""
+    return pd.DataFrame({"path": [f"{k}.jpg" for k in range(n)], "width": 100 - np.arange(n),
+                         "height": 100, "bytes": 1000, "sha256": [f"s{k}" for k in range(n)]})
+
+
+def test_embedding_stage_joins_only_close_vectors_whose_hashes_agree_loosely():
+    bits = (1 << 11) - 1                        # 11 bits: beyond the threshold, within 12
+    hashes = _table([0, bits, bits << 20, 2**40 - 1])
+    vectors = np.array([[1.0, 0.0], [0.95, 0.1], [0.0, 1.0], [1.0, 0.01]])
+    thresholds = {"phash": 8, "dhash": 8}
+    alone = group_duplicates(_rows(4), hashes, thresholds)
+    assert alone["dup_group"].isna().all()
+    out = group_duplicates(_rows(4), hashes, thresholds, vectors=vectors)
+    assert out["dup_group"][0] == out["dup_group"][1]
+    assert out["dup_reason"][1].startswith("embedding: cosine 0.99") and "phash 11" in \
+        out["dup_reason"][1]
+    assert pd.isna(out["dup_group"][2])         # its hashes agree, its embedding does not
+    assert pd.isna(out["dup_group"][3])         # same embedding, 40 bits apart: another picture
+    nan = vectors.copy()
+    nan[1] = np.nan                             # not embedded: hash rules only
+    assert group_duplicates(_rows(4), hashes, thresholds, vectors=nan)["dup_group"].isna().all()
+
+
+def test_chained_groups_are_cut_where_members_are_not_pairwise_alike():
+    steps = [0, 2**8 - 1, 2**16 - 1, 2**24 - 1]  # each 8 bits from the next: a chain
+    out = group_duplicates(_rows(4), _table(steps), {"phash": 8, "dhash": 8}, group_bits=16)
+    assert out["dup_group"][:3].nunique() == 1 and pd.isna(out["dup_group"][3])
+    assert out["dup_split"][:3].str.startswith("cut from a chained group of 4 into 2").all()
+    assert "linked through other copies" in out["dup_reason"][2]
+    whole = group_duplicates(_rows(4), _table(steps), {"phash": 8, "dhash": 8}, group_bits=24)
+    assert whole["dup_group"].nunique() == 1 and whole["dup_split"].isna().all()
+
+
+def test_reasons_name_the_rule_and_the_bits():
+    hashes = _table([0, 2**5 - 1, 0], [0, 2**3 - 1, 0])
+    rows = _rows(3).assign(sha256=["a", "b", "a"])
+    out = group_duplicates(rows, hashes, {"phash": 8, "dhash": 8})
+    assert out["dup_reason"].tolist()[1:] == ["near: phash 5, dhash 3 bits", "exact: same bytes"]

@@ -54,7 +54,8 @@ def test_hex_columns_match_imagehash_strings(tmp_path, make_image):
     path = make_image(tmp_path / "a.png", seed=4, size=(64, 48))
     row = hash_file((str(path), ("phash",)))
     assert row["phash"] == str(imagehash.phash(Image.open(path).convert("L")))
-    assert set(row) == set(hash_columns(["phash"])) == {"phash", "phash_mirror", "phash_inner"}
+    assert set(row) == set(hash_columns(["phash"])) == {"phash", "phash_mirror", "phash_inner",
+                                                               "phash_mirror_inner"}
 
 
 def test_inner_hash_matches_a_border_cropped_copy_better():
@@ -66,6 +67,20 @@ def test_inner_hash_matches_a_border_cropped_copy_better():
     original, copy = (image_hashes(im, ["phash"]) for im in small)
     assert bits(original["phash_inner"], copy["phash"]) < bits(original["phash"], copy["phash"])
     assert bits(original["phash_inner"], copy["phash"]) <= 4
+
+
+@pytest.mark.parametrize("kind", ["phash", "dhash", "ahash", "whash"])
+def test_mirrored_inner_hash_matches_a_mirrored_cropped_copy(kind):
+    image = synthetic_photo(6, (320, 240)).resize((640, 480))
+    w, h = image.size
+    copy = ImageOps.mirror(image.crop((int(w * INNER_CROP), int(h * INNER_CROP),
+                                       int(w * (1 - INNER_CROP)), int(h * (1 - INNER_CROP)))))
+    small = [im.resize((64, round(64 * im.height / im.width))) for im in (image, copy)]
+    original, mirrored = (image_hashes(im, [kind]) for im in small)
+    aligned = bits(original[f"{kind}_mirror_inner"], mirrored[kind])
+    assert aligned <= 4
+    assert aligned < min(bits(original[f"{kind}{v}"], mirrored[kind])
+                         for v in ("", "_mirror", "_inner"))
 
 
 def test_mirror_hash_finds_a_mirrored_file(tmp_path, make_image):

@@ -1,13 +1,15 @@
 """Planted duplicates and pair precision/recall: how bench/dedupe_bench.py and the tests measure dedupe.
 
 A planted copy is an original photo after one edit that listing sites make (resize, JPEG
-re-encode, 2-7% border crop, brightness, text overlay, mirror) or an exact copy (same bytes, or
-the same pixels saved as PNG). Scores compare predicted groups with the planted families.
+re-encode, 2-7% border crop, brightness, text overlay, mirror), after a *compound* of two to
+four of them (as resellers re-post), or an exact copy (same bytes, or the same pixels saved as
+PNG). Scores compare predicted groups with the planted families.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,15 +19,22 @@ from curation.images import load_image
 
 NEAR_TRANSFORMS = ("resize", "jpeg", "crop", "brightness", "text", "mirror")
 EXACT_TRANSFORMS = ("bytes", "pixels")
+COMPOUND = "compound"
+# A compound copy's edits are applied in this order (a reseller crops and flips, then marks,
+# then scales down and saves); its parameters are the issue's: resize 45-85 %, crop 2-7 %,
+# brightness +-20 %, a watermark, mirror, JPEG quality 45-85.
+_COMPOUND_ORDER = ("crop", "mirror", "brightness", "text", "resize", "jpeg")
 _TEXTS = ("FOR SALE  Rs 4,50,000", "www.carsforyou.in", "CALL 98765 43210", "SOLD",
           "Best price guaranteed")
 
 
-def transform(image: Image.Image, name: str, rng: np.random.Generator) -> Image.Image:
+def transform(image: Image.Image, name: str, rng: np.random.Generator, *,
+              scales: tuple[float, float] = (0.4, 0.8),
+              brightness: tuple[float, ...] = (0.7, 0.8, 1.2, 1.3)) -> Image.Image:
     """One planted near-duplicate edit of an RGB image (parameters drawn from rng)."""
     width, height = image.size
     if name == "resize":
-        scale = rng.uniform(0.4, 0.8)
+        scale = rng.uniform(*scales)
         return image.resize((max(8, round(width * scale)), max(8, round(height * scale))),
                             Image.Resampling.LANCZOS)
     if name == "crop":
@@ -33,7 +42,7 @@ def transform(image: Image.Image, name: str, rng: np.random.Generator) -> Image.
         return image.crop((round(width * left), round(height * top),
                            width - round(width * right), height - round(height * bottom)))
     if name == "brightness":
-        return ImageEnhance.Brightness(image).enhance(float(rng.choice([0.7, 0.8, 1.2, 1.3])))
+        return ImageEnhance.Brightness(image).enhance(float(rng.choice(brightness)))
     if name == "text":
         out = image.copy()
         size = max(10, height // 10)
@@ -51,8 +60,10 @@ def transform(image: Image.Image, name: str, rng: np.random.Generator) -> Image.
     raise ValueError(f"unknown transform {name!r}")
 
 
-def plant_copy(source: Path, out: Path, name: str, rng: np.random.Generator) -> Path:
-    """Write one planted copy of source to out (JPEG, or PNG for 'pixels'); returns the path."""
+def plant_copy(source: Path, out: Path, name: str, rng: np.random.Generator,
+               edits: Sequence[str] = ()) -> Path:
+    """Write one planted copy of source to out (JPEG, or PNG for 'pixels'); returns the path.
+    A compound copy gets `edits` (see compound_edits)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if name == "bytes":
         shutil.copyfile(source, out)
@@ -62,27 +73,48 @@ def plant_copy(source: Path, out: Path, name: str, rng: np.random.Generator) -> 
         out = out.with_suffix(".png")
         image.save(out, format="PNG")
         return out
-    quality = int(rng.integers(30, 61)) if name == "jpeg" else 90
-    transform(image, name, rng).save(out, format="JPEG", quality=quality)
+    if name == COMPOUND:
+        for edit in edits:
+            image = transform(image, edit, rng, scales=(0.45, 0.85), brightness=(0.8, 0.9, 1.1, 1.2))
+        quality = int(rng.integers(45, 86)) if "jpeg" in edits else 90
+    else:
+        quality = int(rng.integers(30, 61)) if name == "jpeg" else 90
+        image = transform(image, name, rng)
+    image.save(out, format="JPEG", quality=quality)
     return out
 
 
-def plant(sources: list[Path], folder: Path, *, seed: int = 0,
-          exact_every: int = 10) -> pd.DataFrame:
-    """One near copy per source (transforms in turn) plus exact copies of every exact_every-th.
+def compound_edits(rng: np.random.Generator) -> list[str]:
+    """Two to four different edits drawn at random, in the order a reseller applies them."""
+    chosen = set(rng.choice(_COMPOUND_ORDER, size=int(rng.integers(2, 5)), replace=False))
+    return [edit for edit in _COMPOUND_ORDER if edit in chosen]
+
+
+def plant(sources: list[Path], folder: Path, *, seed: int = 0, exact_every: int = 10,
+          compound: bool = False) -> pd.DataFrame:
+    """One near copy per source (transforms in turn) plus exact copies of every exact_every-th;
+    with compound, also one compound copy per source (compound_edits).
 
     Returns one row per file (originals first): path, family (the source's index), transform
     ('original' for sources).
     """
     rng = np.random.default_rng(seed)
-    rows = [{"path": str(p), "family": f, "transform": "original"} for f, p in enumerate(sources)]
+    compound_rng = np.random.default_rng([seed, 1])   # the single-edit copies stay as they were
+    rows = [{"path": str(p), "family": f, "transform": "original", "edits": ""}
+            for f, p in enumerate(sources)]
     for f, source in enumerate(sources):
         names = [NEAR_TRANSFORMS[f % len(NEAR_TRANSFORMS)]]
         if exact_every and f % exact_every == 0:
             names.append(EXACT_TRANSFORMS[(f // exact_every) % len(EXACT_TRANSFORMS)])
         for name in names:
             out = plant_copy(source, folder / f"{f:05d}_{name}.jpg", name, rng)
-            rows.append({"path": str(out), "family": f, "transform": name})
+            rows.append({"path": str(out), "family": f, "transform": name, "edits": name})
+        if compound:
+            edits = compound_edits(compound_rng)
+            out = plant_copy(source, folder / f"{f:05d}_{COMPOUND}.jpg", COMPOUND, compound_rng,
+                             edits)
+            rows.append({"path": str(out), "family": f, "transform": COMPOUND,
+                         "edits": "+".join(edits)})
     return pd.DataFrame(rows)
 
 

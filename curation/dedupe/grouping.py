@@ -1,8 +1,10 @@
 """The pure core of `curate dedupe`: which pairs are duplicates, their groups, and the keepers.
 
 Exact: same bytes (the scan's sha256) or same decoded pixels. Near: every chosen perceptual hash
-within its Hamming threshold, as is, mirrored, or against the other's inner crop. Groups are the
-connected components of all duplicate pairs. Arrays and DataFrames in and out, no disk access
+within its Hamming threshold, as is, mirrored, against the other's inner crop, or its mirrored
+inner crop. Embedding (when vectors are given): high cosine similarity confirmed by every hash
+within a looser bound in some alignment. Groups are the connected components of those pairs,
+cut where a chain joins members that are not pairwise within the looser bound (chains.py). Arrays and DataFrames in and out, no disk access
 (identical pixels are checked through a callback), so tests and the bench use it directly.
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from curation.dedupe.chains import member_pairs, split_chains
+from curation.dedupe.embedding import CONFIRM_BITS, GROUP_BITS, MIN_COSINE, pair_cosines, similar_pairs
 from curation.dedupe.hamming import distances, pairs_within
 from curation.vocabulary import KEEPER_ASCENDING, KEEPER_KEYS, keeper_keys
 
@@ -50,7 +54,13 @@ def alignments_for(mirror: bool) -> dict[str, tuple[str, float]]:
     names = {"near": ("", 1.0), "cropped": ("_inner", 1.0)}
     if mirror:
         names["mirrored"] = ("_mirror", MIRROR_SHARE)
+        names["mirrored+cropped"] = ("_mirror_inner", MIRROR_SHARE)
     return names
+
+
+def full_share(alignments: dict) -> dict:
+    """The same alignments, each allowed its whole bound (for the looser comparisons)."""
+    return {name: (suffix, 1.0) for name, (suffix, _) in alignments.items()}
 
 
 def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
@@ -58,28 +68,33 @@ def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
     """Which pairs (i, j) are near duplicates: in some alignment, every kind is within threshold.
 
     hashes: hash column name (as hash_columns) -> uint64 array. Returns columns i, j, match
-    (bool), alignment (the first that matched, else the closest) and distance (the first
-    kind's bits in that alignment).
+    (bool), alignment (the first that matched, else the closest), distance (the first kind's
+    bits in that alignment) and bits_<kind> for every kind in that alignment.
     """
     kinds = list(thresholds)
-    ok, first = [], []
-    for suffix, share in alignments.values():
-        passed = np.ones(len(i), dtype=bool)
-        for kind in kinds:
+    bits = np.zeros((len(alignments), len(kinds), len(i)), dtype=np.int64)
+    limits = np.zeros((len(alignments), len(kinds), 1))
+    for a, (suffix, share) in enumerate(alignments.values()):
+        for k, kind in enumerate(kinds):
             plain, variant = hashes[kind], hashes[kind + suffix]
-            d = np.minimum(distances(variant[i], plain[j]), distances(plain[i], variant[j]))
-            passed &= d <= int(thresholds[kind] * share)
-            if kind == kinds[0]:
-                first.append(d.astype(np.int64))
-        ok.append(passed)
-    ok = np.array(ok).reshape(len(alignments), -1)
-    first = np.array(first).reshape(len(alignments), -1)
+            bits[a, k] = np.minimum(distances(variant[i], plain[j]), distances(plain[i], variant[j]))
+            limits[a, k] = int(thresholds[kind] * share)
+    ok = (bits <= limits).all(axis=1)
     match = ok.any(axis=0)
-    chosen = np.where(match, ok.argmax(axis=0), first.argmin(axis=0))
+    chosen = np.where(match, ok.argmax(axis=0), bits[:, 0].argmin(axis=0))
     columns = np.arange(len(i))
-    return pd.DataFrame({"i": i, "j": j, "match": match,
-                         "alignment": np.array(list(alignments), dtype=object)[chosen],
-                         "distance": first[chosen, columns]})
+    out = pd.DataFrame({"i": i, "j": j, "match": match,
+                        "alignment": np.array(list(alignments), dtype=object)[chosen],
+                        "distance": bits[chosen, 0, columns]})
+    for k, kind in enumerate(kinds):
+        out[f"bits_{kind}"] = bits[chosen, k, columns]
+    return out
+
+
+def loose_bounds(thresholds: dict[str, int], confirm_bits: int) -> dict[str, int]:
+    """The looser per-kind bound (confirming embedding pairs, keeping groups whole): at least
+    confirm_bits, and never tighter than the near-duplicate threshold itself."""
+    return {kind: max(confirm_bits, bits) for kind, bits in thresholds.items()}
 
 
 def candidate_pairs(hashes: dict[str, np.ndarray], kind: str, radius: int,
@@ -170,40 +185,95 @@ def exact_pairs(rows: pd.DataFrame, plain: np.ndarray, ci: np.ndarray, cj: np.nd
 
 
 def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
-                     thresholds: dict[str, int], *, mirror: bool = True,
-                     pixel_digest=None) -> pd.DataFrame:
+                     thresholds: dict[str, int], *, mirror: bool = True, pixel_digest=None,
+                     vectors: np.ndarray | None = None, min_cosine: float = MIN_COSINE,
+                     confirm_bits: int = CONFIRM_BITS, group_bits: int = GROUP_BITS
+                     ) -> pd.DataFrame:
     """The dedupe columns for hashed rows (path, width, height, bytes, sha256; hashes aligned).
 
     hashes: hash column -> uint64 array for every column of hash_columns(thresholds).
     pixel_digest: see exact_pairs; None skips the identical-pixels check.
+    vectors: (n, d) flip-invariant embeddings (NaN rows: none), or None for hash-only: pairs at
+    cosine >= min_cosine whose hashes agree within confirm_bits in some alignment join too.
+    Groups are joined only through these pairs, then cut where two members are not within
+    group_bits of each other in some alignment (dup_split says so).
     """
     kinds = list(thresholds)
     alignments = alignments_for(mirror)
+    loose, everywhere = loose_bounds(thresholds, confirm_bits), full_share(alignments)
     radius = max(thresholds[kinds[0]], PIXEL_CHECK_RADIUS if pixel_digest else 0)
     ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments)
     near = hash_matches(ci, cj, hashes, thresholds, alignments)
     exact, digests = exact_pairs(rows, hashes[kinds[0]], ci, cj, pixel_digest)
-    near_edges = near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1)
-    labels = components(len(rows), *np.concatenate([near_edges, exact], axis=1))
+    edges = [near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1), exact]
+    if vectors is not None:
+        ei, ej, _ = similar_pairs(vectors, min_cosine)
+        confirmed = hash_matches(ei, ej, hashes, loose, everywhere)
+        edges.append(confirmed.loc[confirmed["match"], ["i", "j"]].to_numpy(np.int64).T)
+    edges = np.concatenate(edges, axis=1).reshape(2, -1)
+    labels = components(len(rows), *edges)
+    pairs = member_pairs(labels)
+    same = _same_picture(rows, digests, *pairs)
+    compatible = same | hash_matches(*pairs, hashes, loose_bounds(thresholds, group_bits),
+                                     everywhere)["match"].to_numpy()
+    order = keeper_keys(rows).assign(row=np.arange(len(rows))).sort_values(
+        KEEPER_KEYS, ascending=KEEPER_ASCENDING, kind="stable")["row"].to_numpy()
+    labels, splits = split_chains(labels, order, edges, pairs, compatible)
     groups = choose_keepers(rows, labels)
-    return _relation_to_keeper(groups, rows, hashes, thresholds, alignments, digests)
+    out = _relation_to_keeper(groups, rows, hashes, thresholds, alignments, digests, vectors,
+                              min_cosine, loose)
+    split_note = pd.Series(labels).map({
+        label: f"cut from a chained group of {info['from_size']} into {info['pieces']} "
+               f"pieces: not every two members within {group_bits} bits"
+        for label, info in splits.items()})
+    out["dup_split"] = pd.Series(split_note.to_numpy(), dtype="string")
+    return out
+
+
+def _same_picture(rows: pd.DataFrame, digests: np.ndarray, i: np.ndarray,
+                  j: np.ndarray) -> np.ndarray:
+    """Pairs with the same bytes or the same decoded pixels."""
+    sha = rows["sha256"].to_numpy(object)
+    return (sha[i] == sha[j]) | ((digests[i] != None) & (digests[i] == digests[j]))  # noqa: E711
+
+
+def _bits_text(relation: pd.DataFrame, kinds: list[str]) -> np.ndarray:
+    """'phash 5, dhash 3 bits' per pair of a hash_matches table."""
+    text = relation[f"bits_{kinds[0]}"].map(lambda b: f"{kinds[0]} {b}")
+    for kind in kinds[1:]:
+        text = text + relation[f"bits_{kind}"].map(lambda b, k=kind: f", {k} {b}")
+    return (text + " bits").to_numpy(object)
 
 
 def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[str, np.ndarray],
-                        thresholds: dict[str, int], alignments: dict,
-                        digests: np.ndarray) -> pd.DataFrame:
-    """dup_of, dup_distance and dup_reason: how each copy matches its group's keeper."""
+                        thresholds: dict[str, int], alignments: dict, digests: np.ndarray,
+                        vectors: np.ndarray | None, min_cosine: float,
+                        loose: dict[str, int]) -> pd.DataFrame:
+    """dup_of, dup_distance and dup_reason: how each copy matches its group's keeper, by the
+    rule that decided it and its figures ('mirrored: phash 4, dhash 3 bits')."""
+    kinds = list(thresholds)
     member = groups["dup_group"].notna().to_numpy()
     keeper_row = groups["keeper_row"].fillna(0).to_numpy(np.int64)
-    rel = hash_matches(np.arange(len(groups)), keeper_row, hashes, thresholds, alignments)
+    every = np.arange(len(groups))
+    rel = hash_matches(every, keeper_row, hashes, thresholds, alignments)
     sha = rows["sha256"].to_numpy(object)
     same_bytes = sha == sha[keeper_row]
-    same_pixels = (digests != None) & (digests == digests[keeper_row])  # noqa: E711
-    exact = same_bytes | same_pixels
-    reason = np.where(same_bytes, "same bytes",
-                      np.where(same_pixels, "same pixels", rel["alignment"].to_numpy(str)))
+    exact = _same_picture(rows, digests, every, keeper_row)
+    reason = np.where(rel["match"], rel["alignment"].to_numpy(object) + ": "
+                      + _bits_text(rel, kinds), None)
     linked = ~exact & ~rel["match"].to_numpy()
-    reason = np.where(linked, np.char.add(reason.astype(str), LINKED), reason)
+    if vectors is not None:
+        cosine = pair_cosines(vectors, every, keeper_row)
+        close = hash_matches(every, keeper_row, hashes, loose, full_share(alignments))
+        embedded = linked & (cosine >= min_cosine) & close["match"].to_numpy()
+        reason = np.where(embedded, "embedding: cosine " + pd.Series(cosine).map("{:.3f}".format)
+                          .to_numpy(object) + ", " + _bits_text(close, kinds) + " "
+                          + close["alignment"].to_numpy(object), reason)
+        linked &= ~embedded
+    reason = np.where(linked, rel["alignment"].to_numpy(object) + ": " + _bits_text(rel, kinds)
+                      + LINKED, reason)
+    reason = np.where(exact, np.where(same_bytes, "exact: same bytes", "exact: same pixels"),
+                      reason)
     keeper = groups["keeper"].to_numpy()
     copy = member & ~keeper
     paths = rows["path"].to_numpy(object)

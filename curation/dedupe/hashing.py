@@ -7,8 +7,8 @@ other grid (pHash's DCT block, the inner crop, dHash 9x8, aHash 8x8) is then a f
 matrix products on that square, in float: no per-size work and no uint8 rounding between passes,
 so dHash and aHash differ from imagehash's by a bit or two at most on real photos (tests bound
 it; docs/dedupe.md measures it). A mirror costs almost nothing (a flipped grid, or DCT sign flips
-for pHash). The inner crop (INNER_CROP off each border) lets a 2-7 % border-cropped copy match
-its original. wHash calls imagehash itself. Hashes are 16-digit hex strings (imagehash's
+for pHash). The inner crop (INNER_CROP off each border, and its mirror) lets a 2-7 % border-
+cropped copy match its original, mirrored or not. wHash calls imagehash itself. Hashes are 16-digit hex strings (imagehash's
 str(hash)) in the manifest and uint64 arrays in memory.
 """
 from __future__ import annotations
@@ -27,11 +27,12 @@ from curation.images import ImageError, load_gray, load_image
 from curation.parallel import map_files
 
 KINDS = ("phash", "dhash", "whash", "ahash")
-HASH_METHOD = "luma32-canvas32"   # in dedupe's run record: hashes cached by another method are redone
+# In dedupe's run record: hashes cached by another method are redone.
+HASH_METHOD = "luma32-canvas32-mirror-inner"
 DECODE_MIN_SIDE = 32  # JPEGs decode at the smallest DCT scale keeping both sides >= this
 _CANVAS = 32          # every picture is first Lanczos-resized to this square: pHash's own grid
 INNER_CROP = 0.045    # the inner hashes see the picture less this share of each border
-VARIANTS = ("", "_mirror", "_inner")
+VARIANTS = ("", "_mirror", "_inner", "_mirror_inner")
 _GRIDS = {"phash": (_CANVAS, _CANVAS), "dhash": (9, 8), "ahash": (8, 8)}   # (width, height)
 _LANCZOS_SUPPORT = 3.0
 _WHASH_SCALE = 64     # fixed, so a slightly cropped copy is not hashed at another wavelet scale
@@ -111,8 +112,7 @@ def _whash(pixels: np.ndarray, inner: bool) -> list[np.ndarray]:
         height, width = pixels.shape
         pixels = pixels[round(height * INNER_CROP):round(height * (1 - INNER_CROP)),
                         round(width * INNER_CROP):round(width * (1 - INNER_CROP))]
-    images = [Image.fromarray(pixels)] if inner else [Image.fromarray(p) for p in
-                                                      (pixels, pixels[:, ::-1].copy())]
+    images = [Image.fromarray(p) for p in (pixels, pixels[:, ::-1].copy())]
     return [imagehash.whash(image, image_scale=_WHASH_SCALE).hash for image in images]
 
 
@@ -131,8 +131,8 @@ def parse_kinds(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def hash_columns(kinds: Sequence[str]) -> list[str]:
-    """Manifest columns per kind: the hash, its mirror's, and its inner crop's, e.g.
-    phash, phash_mirror, phash_inner."""
+    """Manifest columns per kind: the hash, its mirror's, its inner crop's and its mirrored
+    inner crop's, e.g. phash, phash_mirror, phash_inner, phash_mirror_inner."""
     return [f"{kind}{variant}" for kind in kinds for variant in VARIANTS]
 
 
@@ -148,7 +148,7 @@ def gray_hashes(pixels: np.ndarray, kinds: Sequence[str] = ("phash",)) -> dict[s
             bits += _whash(pixels, inner=False) + _whash(pixels, inner=True)
         else:
             plain, inner = next(grids), next(grids)
-            bits += _GRID_BITS[kind](plain, True) + _GRID_BITS[kind](inner, False)
+            bits += _GRID_BITS[kind](plain, True) + _GRID_BITS[kind](inner, True)
     packed = np.packbits(np.reshape(bits, (len(bits), 64)), axis=1).tobytes().hex()
     return {column: packed[16 * k:16 * (k + 1)] for k, column in enumerate(hash_columns(kinds))}
 

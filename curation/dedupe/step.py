@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 
 from curation.config import DatasetConfig
+from curation.config import BACKBONES
+from curation.dedupe.embedding import CONFIRM_BITS, GROUP_BITS, MIN_COSINE
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
-                       thresholds_for)
+                                      thresholds_for)
 from curation.dedupe.hashing import (HASH_METHOD, hash_columns, hash_files, parse_kinds,
                                      pixel_digests, to_uint64)
 from curation.leaks import describe_leaks, leak_report
@@ -25,7 +27,9 @@ from curation.sheets import contact_sheet
 from curation.steps import Step, Workdir, run_step
 
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
-                "dup_distance": "Int64", "dup_reason": "string", "dup_keeper_reason": "string"}
+                "dup_distance": "Int64", "dup_reason": "string", "dup_keeper_reason": "string",
+                "dup_split": "string"}
+EMBEDDING_MODES = ("auto", "on", "off")
 _SCAN_NEEDS = ["path", "readable", "width", "height", "bytes", "mtime", "sha256"]
 
 
@@ -41,12 +45,14 @@ def dupes_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per image in a group, keeper first: what dupes.csv holds."""
     table = manifest[manifest["dup_group"].notna()]
     columns = ["dup_group", "path", "dup_keeper", "dup_distance", "dup_reason", "dup_of",
-               "dup_keeper_reason", "label", "given_split", "width", "height", "bytes"]
+               "dup_keeper_reason", "dup_split", "label", "given_split", "width", "height",
+               "bytes"]
     table = table[[c for c in columns if c in table.columns]]
     table = table.sort_values(["dup_group", "dup_keeper", "dup_distance", "path"],
                               ascending=[True, False, True, True])
     return table.rename(columns={"dup_group": "group", "dup_keeper": "keeper",
-                                 "dup_distance": "distance", "dup_reason": "reason"})
+                                 "dup_distance": "distance", "dup_reason": "reason",
+                                 "dup_split": "split"})
 
 
 def sheet_rows(table: pd.DataFrame, root: Path, groups: int) -> list:
@@ -58,10 +64,11 @@ def sheet_rows(table: pd.DataFrame, root: Path, groups: int) -> list:
         title = f"group {group}: {len(members)} images"
         title += f" | splits {', '.join(splits)}" if len(splits) > 1 else ""
         title += f" | labels {', '.join(labels)}" if len(labels) > 1 else ""
+        cut = members["split"].dropna() if "split" in members else ()
+        title += f" | {cut.iloc[0].split(':')[0]}" if len(cut) else ""
         items = []
         for row in members.itertuples(index=False):
-            first = f"KEEP {row.width}x{row.height}" if row.keeper else _caption(row.reason,
-                                                                                    row.distance)
+            first = f"KEEP {row.width}x{row.height}" if row.keeper else _caption(row.reason)
             where = "/".join(str(v) for v in (getattr(row, "given_split", None),
                                               getattr(row, "label", None)) if pd.notna(v))
             items.append((root / row.path, f"{first}\n{where}"))
@@ -69,11 +76,20 @@ def sheet_rows(table: pd.DataFrame, root: Path, groups: int) -> list:
     return rows
 
 
-def _caption(reason: str, distance) -> str:
-    """'cropped d=6', 'same bytes'; a * marks a copy linked to the keeper only through others."""
-    plain = str(reason).replace(LINKED, "")
-    text = plain if plain.startswith("same") else f"{plain} d={distance}"
-    return text + (" *" if LINKED in str(reason) else "")
+def _rule(reason: str) -> str:
+    """The rule of a dup_reason ('mirrored: phash 4, dhash 3 bits' -> 'mirrored'); copies
+    linked to their keeper only through others count as 'linked'."""
+    return "linked" if LINKED in reason else reason.split(":")[0]
+
+
+def _caption(reason: str) -> str:
+    """'cropped: phash 6, dhash 2 bits' -> 'cropped p6 d2'; a * marks a copy linked to the
+    keeper only through others."""
+    rule, _, figures = str(reason).replace(LINKED, "").partition(": ")
+    short = (figures.replace("phash ", "p").replace("dhash ", "d").replace("whash ", "w")
+             .replace("ahash ", "a").replace(" bits", "").replace(",", "")
+             .replace("cosine ", "cos "))
+    return f"{rule} {short}" + (" *" if LINKED in str(reason) else "")
 
 
 def _cached_hashes(work: Workdir, readable: pd.DataFrame,
@@ -128,6 +144,17 @@ class Settings:
         None, "Largest Hamming distance (bits) for every hash. Default: measured per hash "
         "(phash,dhash: 8 each; phash alone: 6), see docs/dedupe.md.", kind=int, low=0, high=64)
     mirror: bool = setting(True, "Count mirrored copies as duplicates.")
+    embeddings: str = setting(
+        "auto", "Embedding stage (finds copies after several edits at once): auto uses it when "
+        "backbone weights are on disk ($CURATE_WEIGHTS or --weights FILE), on also downloads "
+        "ImageNet weights, off is hash-only.", choices=EMBEDDING_MODES)
+    backbone: str | None = setting(None, "Embedding backbone [default: datasets.yaml].",
+                                   choices=BACKBONES, config="backbone")
+    weights: str | None = setting(None, "imagenet (a file from $CURATE_WEIGHTS, else Keras "
+                                  "downloads it), a no-top weights file, or none "
+                                  "[default: datasets.yaml].", config="weights", kind=str)
+    image_size: int | None = setting(None, "Square input size in pixels [default: datasets.yaml].",
+                                     kind=int, low=32, high=1024, config="image_size")
     pixel_check: bool = setting(True, "Confirm far-apart matches by pixels.", cli=False)
     workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
                                   result=False)
@@ -151,9 +178,11 @@ def run(work: Workdir, settings: Settings) -> dict:
         paths = [str(root / p) for p in rows["path"].to_numpy()[index]]
         return pixel_digests(paths, workers=settings.workers, quiet=work.quiet)
 
+    vectors, embedding = embeddings_for(work, rows, settings)
     group_started = time.time()
     result = group_duplicates(rows, hash_arrays, thresholds, mirror=settings.mirror,
-                              pixel_digest=digest if settings.pixel_check else None)
+                              pixel_digest=digest if settings.pixel_check else None,
+                              vectors=vectors)
     group_seconds = time.time() - group_started
     new = manifest[["path"]].merge(hashes.astype({c: "string" for c in columns}),
                                    on="path", how="left").merge(result, on="path", how="left")
@@ -163,7 +192,7 @@ def run(work: Workdir, settings: Settings) -> dict:
     sheet = contact_sheet(sheet_rows(table, root, settings.sheet_groups), work.out("dupes.png"))
     summary = summarize(manifest, table, fresh, cached=counts["reused"],
                         changed=counts["changed"], thresholds=thresholds, mirror=settings.mirror)
-    summary.update(csv=str(csv_path), sheet=str(sheet) if sheet else None,
+    summary.update(csv=str(csv_path), sheet=str(sheet) if sheet else None, embeddings=embedding,
                    hash_seconds=round(counts["seconds"], 2),
                    hash_images_per_second=round(len(fresh) / counts["seconds"], 1)
                    if len(fresh) and counts["seconds"] > 0 else None,
@@ -171,6 +200,34 @@ def run(work: Workdir, settings: Settings) -> dict:
                    seconds=round(time.time() - work.started, 2))
     work.derived["thresholds"] = thresholds
     return summary
+
+
+def embeddings_for(work: Workdir, rows: pd.DataFrame,
+                   settings: Settings) -> tuple[np.ndarray | None, dict]:
+    """Flip-invariant embeddings aligned with rows (image + mirror averaged, from the per-file
+    cache flag-noise shares, embedding only what it lacks; one per content), or None for the
+    hash-only mode, with what happened: used, why not, computed, reused, cache file."""
+    from curation.embed.backbones import resolve_weights
+    from curation.embed.cache import embed_files
+
+    if settings.embeddings == "off":
+        return None, {"used": False, "reason": "--embeddings off"}
+    resolved = resolve_weights(settings.backbone, settings.weights)
+    if resolved is None:
+        return None, {"used": False, "reason": "--weights none (random features find nothing)"}
+    if resolved == "imagenet" and settings.embeddings == "auto":
+        return None, {"used": False, "reason": "no backbone weights on disk: set $CURATE_WEIGHTS "
+                      "or --weights FILE, or --embeddings on to download ImageNet's"}
+    unique = rows.drop_duplicates("sha256")
+    run = embed_files(unique["path"].tolist(), work.path.resolve(), root=work.root,
+                      backbone=settings.backbone, weights=settings.weights,
+                      image_size=settings.image_size, tta=True, quiet=work.quiet)
+    by_content = pd.DataFrame(run.vectors, index=unique["sha256"].to_numpy())
+    vectors = by_content.loc[rows["sha256"]].to_numpy(np.float32)
+    return vectors, {"used": True, "backbone": settings.backbone, "computed": run.computed,
+                     "reused": run.reused, "failed": len(run.failed),
+                     "seconds": round(run.seconds, 2), "cache_file": str(run.cache_file),
+                     "min_cosine": MIN_COSINE, "confirm_bits": CONFIRM_BITS}
 
 
 def dedupe(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
@@ -184,7 +241,7 @@ def summarize(manifest: pd.DataFrame, table: pd.DataFrame, fresh: pd.DataFrame, 
     members = manifest[manifest["dup_group"].notna()]
     failed = fresh[fresh["hash_error"].notna()]
     sizes = members.groupby("dup_group").size().sort_values(ascending=False)
-    reasons = table["reason"].dropna().str.replace(LINKED, "", regex=False)
+    reasons = table["reason"].dropna().map(_rule)
     return {
         "images": int(manifest["readable"].astype(bool).sum()), "reused": cached,
         "hashed": int(len(fresh) - len(failed)),
@@ -194,10 +251,29 @@ def summarize(manifest: pd.DataFrame, table: pd.DataFrame, fresh: pd.DataFrame, 
         "redundant": int(len(members) - len(sizes)), "largest_groups": sizes.head(5).tolist(),
         "by_reason": {k: int(v) for k, v in reasons.value_counts().sort_index().items()},
         "linked_through_others": int(table["reason"].str.contains("linked", na=False).sum()),
+        "chains_cut": _chains_cut(table),
         "cross_split": leak_report(members, "given_split", max_listed=10)
         if "given_split" in members and members["given_split"].notna().any() else None,
         "label_conflicts": label_conflicts(members) if "label" in members else None,
     }
+
+
+def _chains_cut(table: pd.DataFrame) -> dict:
+    """Groups that were cut because their members chained different pictures."""
+    cut = table[table["split"].notna()] if "split" in table else table.iloc[:0]
+    sources = cut["split"].str.extract(r"of (\d+) into (\d+)").astype(int).drop_duplicates()
+    return {"groups_cut": int(len(sources)), "pieces": int(cut["group"].nunique()),
+            "largest_cut": int(sources[0].max()) if len(sources) else 0,
+            "group_bits": GROUP_BITS}
+
+
+def _describe_embeddings(embedding: dict) -> str:
+    if not embedding["used"]:
+        return (f"hash-only (no embedding stage: {embedding['reason']}); copies edited several "
+                f"ways at once (mirrored and cropped and re-saved) may be missed")
+    return (f"embedding stage: {embedding['backbone']}, cosine >= {embedding['min_cosine']} "
+            f"confirmed by hashes within {embedding['confirm_bits']} bits; embedded "
+            f"{embedding['computed']}, reused {embedding['reused']} from the cache")
 
 
 def describe(summary: dict) -> str:
@@ -210,6 +286,12 @@ def describe(summary: dict) -> str:
              f"{summary['groups']} duplicate groups hold {summary['images_in_groups']} images; "
              f"{summary['redundant']} copies are redundant (largest groups: "
              f"{', '.join(map(str, summary['largest_groups'])) or '-'})."]
+    lines.append(_describe_embeddings(summary["embeddings"]))
+    chains = summary["chains_cut"]
+    if chains["groups_cut"]:
+        lines.append(f"{chains['groups_cut']} chained groups (largest {chains['largest_cut']}) "
+                     f"were cut into {chains['pieces']}: their members were not all within "
+                     f"{chains['group_bits']} bits of each other (dupes.csv: split)")
     if summary["by_reason"]:
         lines.append("copies by reason: "
                      + ", ".join(f"{k} {v}" for k, v in summary["by_reason"].items()))
@@ -234,16 +316,22 @@ HELP = """Find exact and near-duplicate photos, keep one per group, and report t
 \b
 Example: curate dedupe indian-cars-7
          curate dedupe stanford-cars-25 --hash phash --threshold 6 --no-mirror
+         curate dedupe indian-cars-7 --embeddings off      # hash-only, no model
 Exact: same bytes, or same pixels in another file format. Near: resized, re-compressed,
-cropped by a few percent, brightened, watermarked or mirrored copies. The keeper of each
-group has the most pixels, then the most bytes per pixel, then the first path. Adds hash
-columns and dup_group, dup_keeper, dup_of, dup_distance, dup_reason to the manifest and
-writes dupes.csv and dupes.png; a re-run only hashes new or changed files.
+cropped by a few percent, brightened, watermarked or mirrored copies (mirrored crops too).
+Embedding: copies edited several ways at once, found by flip-invariant image embeddings and
+confirmed by looser hashes (when weights are on disk). A group whose members are not all
+alike is cut (dup_split). The keeper of each group has the most pixels, then the most bytes
+per pixel, then the first path. Adds hash columns and dup_group, dup_keeper, dup_of,
+dup_distance, dup_reason, dup_split to the manifest and writes dupes.csv and dupes.png; a
+re-run only hashes new or changed files and embeds only what the cache lacks.
 """
 
 
 STEP = Step("dedupe", Settings, run, describe, help=HELP, needs=tuple(_SCAN_NEEDS),
             uses=("label", "given_split"),
-            adds=(*DEDUPE_COLUMNS, "dup_reason", "dup_keeper_reason"),
+            adds=(*DEDUPE_COLUMNS, "dup_reason", "dup_keeper_reason", "dup_split"),
             outputs=("dupes.csv",),
-            constants={"hash_method": HASH_METHOD, "pixel_check_radius": PIXEL_CHECK_RADIUS})
+            constants={"hash_method": HASH_METHOD, "pixel_check_radius": PIXEL_CHECK_RADIUS,
+                       "min_cosine": MIN_COSINE, "confirm_bits": CONFIRM_BITS,
+                       "group_bits": GROUP_BITS})

@@ -1,0 +1,85 @@
+"""Splitting chained groups: a duplicate group must be one picture, not a walk across pictures.
+
+Connected components of duplicate pairs can chain: A is like B, B like C, ..., and the two
+ends are different cars (catalogue renders of several models in one pose on white). A group
+is kept whole only when every two of its members are within a looser bound; otherwise it is
+cut, greedily from the best keeper, into pieces that are joined through confirmed pairs and
+pairwise within the bound. Pure: label arrays and pair arrays in, label arrays out.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def member_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (i < j) of rows that share a label >= 0 (within-group pairs)."""
+    frame = pd.DataFrame({"label": labels, "row": np.arange(len(labels))})
+    frame = frame[frame["label"] >= 0]
+    firsts, seconds = [], []
+    for rows in frame.groupby("label")["row"].agg(list):
+        a, b = np.triu_indices(len(rows), k=1)
+        firsts.append(np.asarray(rows)[a])
+        seconds.append(np.asarray(rows)[b])
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
+
+
+def split_chains(labels: np.ndarray, order: np.ndarray, edges: np.ndarray,
+                 pairs: tuple[np.ndarray, np.ndarray], compatible: np.ndarray
+                 ) -> tuple[np.ndarray, dict[int, dict]]:
+    """Cut groups whose members are not all pairwise compatible.
+
+    labels: group per row (-1: none); order: rows in keeper preference (best first); edges:
+    (2, k) confirmed duplicate pairs; pairs + compatible: every within-group pair (as
+    member_pairs) and whether it is within the looser bound. Returns new labels (pieces of
+    one row get -1) and, per split piece's new label, {"from_size": size of the chained
+    group, "pieces": how many pieces it was cut into}.
+    """
+    i, j = pairs
+    bad = pd.Series(~compatible).groupby(labels[i]).any() if len(i) else pd.Series(dtype=bool)
+    chained = set(bad[bad].index.tolist())
+    out = labels.copy()
+    report: dict[int, dict] = {}
+    if not chained:
+        return out, report
+    rank = np.empty(len(labels), np.int64)
+    rank[order] = np.arange(len(order))
+    next_label = int(labels.max()) + 1
+    for label in sorted(chained):
+        members = np.flatnonzero(labels == label)
+        pieces = _greedy_pieces(members[np.argsort(rank[members])], edges, pairs, compatible)
+        for piece in pieces:
+            out[piece] = next_label if len(piece) > 1 else -1
+            if len(piece) > 1:
+                report[next_label] = {"from_size": len(members), "pieces": len(pieces)}
+                next_label += 1
+    return out, report
+
+
+def _greedy_pieces(members: np.ndarray, edges: np.ndarray, pairs, compatible) -> list[list[int]]:
+    """Pieces of one chained group: from the best remaining member, take in (best first, until
+    none is left to take) each member joined to the piece by a confirmed pair and compatible
+    with everyone already in it."""
+    inside = set(members.tolist())
+    ok = {(a, b) for a, b, c in zip(*pairs, compatible) if c and a in inside}
+    neighbours: dict[int, set] = {m: set() for m in inside}
+    for a, b in edges.T.tolist():
+        if a in inside and b in inside:
+            neighbours[a].add(b)
+            neighbours[b].add(a)
+    left, pieces = members.tolist(), []
+    while left:
+        piece = [left[0]]
+        grew = True
+        while grew:
+            grew = False
+            for m in left:
+                if (m not in piece and neighbours[m].intersection(piece)
+                        and all((min(m, p), max(m, p)) in ok for p in piece)):
+                    piece.append(m)
+                    grew = True
+        pieces.append(piece)
+        left = [m for m in left if m not in piece]
+    return pieces
