@@ -14,15 +14,15 @@ import pandas as pd
 
 def member_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every pair (i < j) of rows that share a label >= 0 (within-group pairs)."""
-    frame = pd.DataFrame({"label": labels, "row": np.arange(len(labels))})
-    frame = frame[frame["label"] >= 0]
-    firsts, seconds = [], []
-    for rows in frame.groupby("label")["row"].agg(list):
-        a, b = np.triu_indices(len(rows), k=1)
-        firsts.append(np.asarray(rows)[a])
-        seconds.append(np.asarray(rows)[b])
-    if not firsts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows = np.flatnonzero(labels >= 0)
+    rows = rows[np.argsort(labels[rows], kind="stable")]
+    _, starts, counts = np.unique(labels[rows], return_index=True, return_counts=True)
+    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start, count in zip(starts, counts):
+        a, b = np.triu_indices(count, k=1)
+        members = rows[start:start + count]
+        firsts.append(np.minimum(members[a], members[b]))
+        seconds.append(np.maximum(members[a], members[b]))
     return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
 
 

@@ -1,5 +1,5 @@
-"""Dedupe's embedding stage, pure: candidate pairs from flip-invariant image embeddings (each is
-then confirmed by a looser hash comparison, in grouping.py).
+"""Dedupe's embedding stage, pure: the cosine similarity of flip-invariant image embeddings and
+the bounds that make a pair a duplicate with them (grouping.embedding_pairs applies them).
 
 A copy that was mirrored AND cropped AND watermarked AND re-saved can drift too many bits
 from its original in every hash alignment, while its embedding (image + mirror averaged, so
@@ -17,10 +17,10 @@ from curation.vocabulary import unit_rows
 # Cosine similarity from which two images are an embedding candidate, the looser bound (bits,
 # every hash kind, in one alignment) that confirms one, and the bound every two members of a
 # group must keep. Measured by bench/dedupe_bench.py on stanford-cars-25 (docs/dedupe.md).
-MIN_COSINE = 0.80
+MIN_COSINE = 0.85
 CONFIRM_BITS = 12
-GROUP_BITS = 16
-_BLOCK = 2048
+GROUP_BITS = 12
+EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE = 16, 0.90   # with embeddings: also alike enough
 
 
 def unit_vectors(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -30,30 +30,6 @@ def unit_vectors(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     unit = np.zeros_like(vectors)
     unit[present] = unit_rows(vectors[present], dtype=np.float32)
     return unit, present
-
-
-def similar_pairs(vectors: np.ndarray, min_cosine: float = MIN_COSINE
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs i < j with cosine similarity >= min_cosine, as (i, j, cosine) sorted by (i, j).
-
-    vectors: (n, d) float, NaN rows for images without an embedding (never paired). Blocks
-    of rows against all rows, so memory stays (block, n).
-    """
-    unit, _ = unit_vectors(vectors)
-    found_i, found_j, found_c = [], [], []
-    for start in range(0, len(unit), _BLOCK):
-        block = unit[start:start + _BLOCK] @ unit.T
-        rows, cols = np.nonzero(block >= min_cosine)
-        rows = rows + start
-        upper = cols > rows
-        found_i.append(rows[upper])
-        found_j.append(cols[upper])
-        found_c.append(block[rows[upper] - start, cols[upper]])
-    if not found_i:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, np.zeros(0, np.float32)
-    return (np.concatenate(found_i).astype(np.int64), np.concatenate(found_j).astype(np.int64),
-            np.concatenate(found_c))
 
 
 def pair_cosines(vectors: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curation.dedupe.chains import member_pairs, split_chains
-from curation.dedupe.embedding import CONFIRM_BITS, GROUP_BITS, MIN_COSINE, pair_cosines, similar_pairs
+from curation.dedupe.embedding import (CONFIRM_BITS, EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE,
+                                       GROUP_BITS, MIN_COSINE, pair_cosines)
 from curation.dedupe.hamming import distances, pairs_within
 from curation.vocabulary import KEEPER_ASCENDING, KEEPER_KEYS, keeper_keys
 
@@ -207,15 +208,17 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
     exact, digests = exact_pairs(rows, hashes[kinds[0]], ci, cj, pixel_digest)
     edges = [near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1), exact]
     if vectors is not None:
-        ei, ej, _ = similar_pairs(vectors, min_cosine)
-        confirmed = hash_matches(ei, ej, hashes, loose, everywhere)
-        edges.append(confirmed.loc[confirmed["match"], ["i", "j"]].to_numpy(np.int64).T)
+        edges.append(embedding_pairs(hashes, vectors, kinds[0], min_cosine, loose, everywhere))
     edges = np.concatenate(edges, axis=1).reshape(2, -1)
     labels = components(len(rows), *edges)
     pairs = member_pairs(labels)
     same = _same_picture(rows, digests, *pairs)
     compatible = same | hash_matches(*pairs, hashes, loose_bounds(thresholds, group_bits),
                                      everywhere)["match"].to_numpy()
+    if vectors is not None:
+        alike = pair_cosines(vectors, *pairs) >= EMBEDDED_GROUP_COSINE
+        compatible |= alike & hash_matches(*pairs, hashes, loose_bounds(
+            thresholds, EMBEDDED_GROUP_BITS), everywhere)["match"].to_numpy()
     order = keeper_keys(rows).assign(row=np.arange(len(rows))).sort_values(
         KEEPER_KEYS, ascending=KEEPER_ASCENDING, kind="stable")["row"].to_numpy()
     labels, splits = split_chains(labels, order, edges, pairs, compatible)
@@ -228,6 +231,18 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
         for label, info in splits.items()})
     out["dup_split"] = pd.Series(split_note.to_numpy(), dtype="string")
     return out
+
+
+def embedding_pairs(hashes: dict[str, np.ndarray], vectors: np.ndarray, kind: str,
+                    min_cosine: float, loose: dict[str, int], alignments: dict) -> np.ndarray:
+    """Edges (2, k) of the embedding stage: cosine >= min_cosine and every hash within its
+    loose bound in some alignment. Searched from the hash side (pairs within the loose bound
+    of the first kind, then their cosines): the same pairs as a cosine search confirmed by
+    hashes, without an n x n similarity matrix (12 s for 4,165 images under load, vs < 1 s)."""
+    i, j = candidate_pairs(hashes, kind, loose[kind], alignments)
+    close = pair_cosines(vectors, i, j) >= min_cosine
+    confirmed = hash_matches(i[close], j[close], hashes, loose, alignments)
+    return confirmed.loc[confirmed["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1)
 
 
 def _same_picture(rows: pd.DataFrame, digests: np.ndarray, i: np.ndarray,
