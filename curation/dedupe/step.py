@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from curation.config import DatasetConfig
-from curation.config import BACKBONES
 from curation.dedupe.embedding import CONFIRM_BITS, GROUP_BITS, MIN_COSINE
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                                       thresholds_for)
@@ -145,16 +144,10 @@ class Settings:
         "(phash,dhash: 8 each; phash alone: 6), see docs/dedupe.md.", kind=int, low=0, high=64)
     mirror: bool = setting(True, "Count mirrored copies as duplicates.")
     embeddings: str = setting(
-        "auto", "Embedding stage (finds copies after several edits at once): auto uses it when "
-        "backbone weights are on disk ($CURATE_WEIGHTS or --weights FILE), on also downloads "
-        "ImageNet weights, off is hash-only.", choices=EMBEDDING_MODES)
-    backbone: str | None = setting(None, "Embedding backbone [default: datasets.yaml].",
-                                   choices=BACKBONES, config="backbone")
-    weights: str | None = setting(None, "imagenet (a file from $CURATE_WEIGHTS, else Keras "
-                                  "downloads it), a no-top weights file, or none "
-                                  "[default: datasets.yaml].", config="weights", kind=str)
-    image_size: int | None = setting(None, "Square input size in pixels [default: datasets.yaml].",
-                                     kind=int, low=32, high=1024, config="image_size")
+        "auto", "Embedding stage (finds copies after several edits at once), with the dataset's "
+        "backbone and weights: auto uses it when the weights are on disk ($CURATE_WEIGHTS or a "
+        "file in datasets.yaml), on also downloads ImageNet weights, off is hash-only.",
+        choices=EMBEDDING_MODES)
     pixel_check: bool = setting(True, "Confirm far-apart matches by pixels.", cli=False)
     workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
                                   result=False)
@@ -212,19 +205,20 @@ def embeddings_for(work: Workdir, rows: pd.DataFrame,
 
     if settings.embeddings == "off":
         return None, {"used": False, "reason": "--embeddings off"}
-    resolved = resolve_weights(settings.backbone, settings.weights)
+    backbone, weights = work.config.backbone, work.config.weights
+    resolved = resolve_weights(backbone, weights)
     if resolved is None:
-        return None, {"used": False, "reason": "--weights none (random features find nothing)"}
+        return None, {"used": False, "reason": "weights none (random features find nothing)"}
     if resolved == "imagenet" and settings.embeddings == "auto":
         return None, {"used": False, "reason": "no backbone weights on disk: set $CURATE_WEIGHTS "
-                      "or --weights FILE, or --embeddings on to download ImageNet's"}
+                      "or a weights file in datasets.yaml, or --embeddings on to download ImageNet's"}
     unique = rows.drop_duplicates("sha256")
     run = embed_files(unique["path"].tolist(), work.path.resolve(), root=work.root,
-                      backbone=settings.backbone, weights=settings.weights,
-                      image_size=settings.image_size, tta=True, quiet=work.quiet)
+                      backbone=backbone, weights=weights, image_size=work.config.image_size,
+                      tta=True, quiet=work.quiet)
     by_content = pd.DataFrame(run.vectors, index=unique["sha256"].to_numpy())
     vectors = by_content.loc[rows["sha256"]].to_numpy(np.float32)
-    return vectors, {"used": True, "backbone": settings.backbone, "computed": run.computed,
+    return vectors, {"used": True, "backbone": backbone, "computed": run.computed,
                      "reused": run.reused, "failed": len(run.failed),
                      "seconds": round(run.seconds, 2), "cache_file": str(run.cache_file),
                      "min_cosine": MIN_COSINE, "confirm_bits": CONFIRM_BITS}

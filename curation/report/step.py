@@ -112,12 +112,11 @@ def _group_gallery(ctx: Context, members: pd.DataFrame, title: str, leak_splits=
     figures = []
     for row in members.sort_values("path").itertuples():
         keeper = bool(getattr(row, "dup_keeper", False))
-        distance = getattr(row, "dup_distance", None)
         where = row.given_split if isinstance(row.given_split, str) else ""
         lines = [short(row.path), f"{where} {'keeper' if keeper else ''}".strip()]
         reason = getattr(row, "dup_reason", None)
         if not keeper and isinstance(reason, str):
-            lines.append(reason + (f", {int(distance)} bits" if pd.notna(distance) else ""))
+            lines.append(reason)          # the rule and its figures: 'near: phash 5, dhash 3 bits'
         cls = "leak" if where in leak_splits else ("keeper" if keeper else "")
         figures.append(h.figure(ctx.thumb(row.path), lines, cls, row.path))
     return h.gallery(figures, title, cls="card")
