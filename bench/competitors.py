@@ -3,9 +3,9 @@
 Called by bench/dedupe_bench.py with the interpreter of an environment that has the `bench`
 extra (fastdup 2.54 pins numpy<2 and an older Pillow, so it lives in its own virtualenv; see
 docs/dedupe.md). Needs only the two tools: it never imports curation. Reads the file list
-(one path a line) and writes {"fastdup": {...}, "cleanvision": {...}} to a JSON file: fastdup's similarity
-pairs (indices into the list, cosine similarity) from one run at its lowest swept threshold,
-so the caller can sweep threshold/ccthreshold on them, plus the groups of fastdup's own
+(one path a line) and writes {"fastdup": {...}, "cleanvision": {...}} to a JSON file:
+fastdup's similarity pairs (indices into the list, cosine similarity) from one run at its lowest
+swept threshold, so the caller can sweep threshold/ccthreshold on them, plus the groups of fastdup's own
 connected components at its default ccthreshold; cleanvision's exact and near duplicate sets.
 """
 from __future__ import annotations

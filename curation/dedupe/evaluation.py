@@ -75,7 +75,8 @@ def plant_copy(source: Path, out: Path, name: str, rng: np.random.Generator,
         return out
     if name == COMPOUND:
         for edit in edits:
-            image = transform(image, edit, rng, scales=(0.45, 0.85), brightness=(0.8, 0.9, 1.1, 1.2))
+            image = transform(image, edit, rng, scales=(0.45, 0.85),
+                              brightness=(0.8, 0.9, 1.1, 1.2))
         quality = int(rng.integers(45, 86)) if "jpeg" in edits else 90
     else:
         quality = int(rng.integers(30, 61)) if name == "jpeg" else 90

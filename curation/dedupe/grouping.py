@@ -4,8 +4,9 @@ Exact: same bytes (the scan's sha256) or same decoded pixels. Near: every chosen
 within its Hamming threshold, as is, mirrored, against the other's inner crop, or its mirrored
 inner crop. Embedding (when vectors are given): high cosine similarity confirmed by every hash
 within a looser bound in some alignment. Groups are the connected components of those pairs,
-cut where a chain joins members that are not pairwise within the looser bound (chains.py). Arrays and DataFrames in and out, no disk access
-(identical pixels are checked through a callback), so tests and the bench use it directly.
+cut where a chain joins members that are not pairwise within the looser bound (chains.py).
+Arrays and DataFrames in and out, no disk access (identical pixels are checked through a
+callback), so tests and the bench use it directly.
 """
 from __future__ import annotations
 
@@ -78,7 +79,8 @@ def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
     for a, (suffix, share) in enumerate(alignments.values()):
         for k, kind in enumerate(kinds):
             plain, variant = hashes[kind], hashes[kind + suffix]
-            bits[a, k] = np.minimum(distances(variant[i], plain[j]), distances(plain[i], variant[j]))
+            bits[a, k] = np.minimum(distances(variant[i], plain[j]),
+                                    distances(plain[i], variant[j]))
             limits[a, k] = int(thresholds[kind] * share)
     ok = (bits <= limits).all(axis=1)
     match = ok.any(axis=0)

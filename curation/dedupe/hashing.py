@@ -8,8 +8,8 @@ matrix products on that square, in float: no per-size work and no uint8 rounding
 so dHash and aHash differ from imagehash's by a bit or two at most on real photos (tests bound
 it; docs/dedupe.md measures it). A mirror costs almost nothing (a flipped grid, or DCT sign flips
 for pHash). The inner crop (INNER_CROP off each border, and its mirror) lets a 2-7 % border-
-cropped copy match its original, mirrored or not. wHash calls imagehash itself. Hashes are 16-digit hex strings (imagehash's
-str(hash)) in the manifest and uint64 arrays in memory.
+cropped copy match its original, mirrored or not. wHash calls imagehash itself. Hashes are
+16-digit hex strings (imagehash's str(hash)) in the manifest and uint64 arrays in memory.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from curation.config import DatasetConfig
-from curation.dedupe.embedding import CONFIRM_BITS, GROUP_BITS, MIN_COSINE
+from curation.dedupe.embedding import (CONFIRM_BITS, EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE,
+                                       GROUP_BITS, MIN_COSINE)
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                                       thresholds_for)
 from curation.dedupe.hashing import (HASH_METHOD, hash_columns, hash_files, parse_kinds,
@@ -211,7 +212,8 @@ def embeddings_for(work: Workdir, rows: pd.DataFrame,
         return None, {"used": False, "reason": "weights none (random features find nothing)"}
     if resolved == "imagenet" and settings.embeddings == "auto":
         return None, {"used": False, "reason": "no backbone weights on disk: set $CURATE_WEIGHTS "
-                      "or a weights file in datasets.yaml, or --embeddings on to download ImageNet's"}
+                      "or a weights file in datasets.yaml, or --embeddings on to download "
+                      "ImageNet's"}
     unique = rows.drop_duplicates("sha256")
     run = embed_files(unique["path"].tolist(), work.path.resolve(), root=work.root,
                       backbone=backbone, weights=weights, image_size=work.config.image_size,
@@ -328,4 +330,5 @@ STEP = Step("dedupe", Settings, run, describe, help=HELP, needs=tuple(_SCAN_NEED
             outputs=("dupes.csv",),
             constants={"hash_method": HASH_METHOD, "pixel_check_radius": PIXEL_CHECK_RADIUS,
                        "min_cosine": MIN_COSINE, "confirm_bits": CONFIRM_BITS,
-                       "group_bits": GROUP_BITS})
+                       "group_bits": GROUP_BITS,
+                       "embedded_group": [EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE]})
