@@ -142,3 +142,11 @@ def test_reasons_name_the_rule_and_the_bits():
     rows = _rows(3).assign(sha256=["a", "b", "a"])
     out = group_duplicates(rows, hashes, {"phash": 8, "dhash": 8})
     assert out["dup_reason"].tolist()[1:] == ["near: phash 5, dhash 3 bits", "exact: same bytes"]
+
+
+def test_a_closer_embedding_allows_hashes_further_apart():
+    fourteen = (1 << 14) - 1                    # 14 bits: only the cosine >= 0.90 tier allows it
+    hashes = _table([0, fourteen, 0, fourteen << 20])
+    vectors = np.array([[1.0, 0.0], [0.96, 0.2], [0.0, 1.0], [0.88, 0.47]])   # 0.98, -, 0.88
+    out = group_duplicates(_rows(4), hashes, {"phash": 8, "dhash": 8}, vectors=vectors)
+    assert out["dup_group"][0] == out["dup_group"][1] and pd.isna(out["dup_group"][3])

@@ -197,20 +197,22 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
     hashes: hash column -> uint64 array for every column of hash_columns(thresholds).
     pixel_digest: see exact_pairs; None skips the identical-pixels check.
     vectors: (n, d) flip-invariant embeddings (NaN rows: none), or None for hash-only: pairs at
-    cosine >= min_cosine whose hashes agree within confirm_bits in some alignment join too.
+    cosine >= min_cosine whose hashes agree within confirm_bits in some alignment join too, and
+    pairs at cosine >= EMBEDDED_GROUP_COSINE within EMBEDDED_GROUP_BITS.
     Groups are joined only through these pairs, then cut where two members are not within
     group_bits of each other in some alignment (dup_split says so).
     """
     kinds = list(thresholds)
     alignments = alignments_for(mirror)
-    loose, everywhere = loose_bounds(thresholds, confirm_bits), full_share(alignments)
+    everywhere = full_share(alignments)
     radius = max(thresholds[kinds[0]], PIXEL_CHECK_RADIUS if pixel_digest else 0)
     ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments)
     near = hash_matches(ci, cj, hashes, thresholds, alignments)
     exact, digests = exact_pairs(rows, hashes[kinds[0]], ci, cj, pixel_digest)
     edges = [near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1), exact]
+    tiers = ((min_cosine, confirm_bits), (EMBEDDED_GROUP_COSINE, EMBEDDED_GROUP_BITS))
     if vectors is not None:
-        edges.append(embedding_pairs(hashes, vectors, kinds[0], min_cosine, loose, everywhere))
+        edges.append(embedding_pairs(hashes, vectors, thresholds, everywhere, tiers))
     edges = np.concatenate(edges, axis=1).reshape(2, -1)
     labels = components(len(rows), *edges)
     pairs = member_pairs(labels)
@@ -218,15 +220,14 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
     compatible = same | hash_matches(*pairs, hashes, loose_bounds(thresholds, group_bits),
                                      everywhere)["match"].to_numpy()
     if vectors is not None:
-        alike = pair_cosines(vectors, *pairs) >= EMBEDDED_GROUP_COSINE
-        compatible |= alike & hash_matches(*pairs, hashes, loose_bounds(
-            thresholds, EMBEDDED_GROUP_BITS), everywhere)["match"].to_numpy()
+        compatible |= embedding_match(*pairs, hashes, vectors, thresholds, everywhere,
+                                      tiers[1:])[0]
     order = keeper_keys(rows).assign(row=np.arange(len(rows))).sort_values(
         KEEPER_KEYS, ascending=KEEPER_ASCENDING, kind="stable")["row"].to_numpy()
     labels, splits = split_chains(labels, order, edges, pairs, compatible)
     groups = choose_keepers(rows, labels)
     out = _relation_to_keeper(groups, rows, hashes, thresholds, alignments, digests, vectors,
-                              min_cosine, loose)
+                              tiers)
     split_note = pd.Series(labels).map({
         label: f"cut from a chained group of {info['from_size']} into {info['pieces']} "
                f"pieces: not every two members within {group_bits} bits"
@@ -235,16 +236,33 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
     return out
 
 
-def embedding_pairs(hashes: dict[str, np.ndarray], vectors: np.ndarray, kind: str,
-                    min_cosine: float, loose: dict[str, int], alignments: dict) -> np.ndarray:
-    """Edges (2, k) of the embedding stage: cosine >= min_cosine and every hash within its
-    loose bound in some alignment. Searched from the hash side (pairs within the loose bound
-    of the first kind, then their cosines): the same pairs as a cosine search confirmed by
-    hashes, without an n x n similarity matrix (12 s for 4,165 images under load, vs < 1 s)."""
-    i, j = candidate_pairs(hashes, kind, loose[kind], alignments)
-    close = pair_cosines(vectors, i, j) >= min_cosine
-    confirmed = hash_matches(i[close], j[close], hashes, loose, alignments)
-    return confirmed.loc[confirmed["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1)
+def embedding_match(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
+                    vectors: np.ndarray, thresholds: dict[str, int], alignments: dict,
+                    tiers: tuple) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Whether each pair passes some tier (min cosine, bits): cosine at least that and every
+    hash within that many bits in some alignment; also the cosines and the hash relation at
+    the widest tier (for dup_reason)."""
+    cosine = pair_cosines(vectors, i, j)
+    match = np.zeros(len(i), dtype=bool)
+    for min_cosine, bits in sorted(tiers, key=lambda tier: tier[1]):
+        relation = hash_matches(i, j, hashes, loose_bounds(thresholds, bits), alignments)
+        match |= (cosine >= min_cosine) & relation["match"].to_numpy()
+    return match, cosine, relation
+
+
+def embedding_pairs(hashes: dict[str, np.ndarray], vectors: np.ndarray,
+                    thresholds: dict[str, int], alignments: dict, tiers: tuple) -> np.ndarray:
+    """Edges (2, k) of the embedding stage (see embedding_match). Searched from the hash side
+    (pairs of the first kind within the widest tier's bits, then their cosines): the same
+    pairs as a cosine search confirmed by hashes, without an n x n similarity matrix (12 s for
+    4,165 images under load, against under 1 s)."""
+    kind = next(iter(thresholds))
+    widest = max(loose_bounds(thresholds, bits)[kind] for _, bits in tiers)
+    i, j = candidate_pairs(hashes, kind, widest, alignments)
+    close = pair_cosines(vectors, i, j) >= min(cosine for cosine, _ in tiers)
+    i, j = i[close], j[close]
+    match = embedding_match(i, j, hashes, vectors, thresholds, alignments, tiers)[0]
+    return np.array([i[match], j[match]], dtype=np.int64).reshape(2, -1)
 
 
 def _same_picture(rows: pd.DataFrame, digests: np.ndarray, i: np.ndarray,
@@ -264,8 +282,7 @@ def _bits_text(relation: pd.DataFrame, kinds: list[str]) -> np.ndarray:
 
 def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[str, np.ndarray],
                         thresholds: dict[str, int], alignments: dict, digests: np.ndarray,
-                        vectors: np.ndarray | None, min_cosine: float,
-                        loose: dict[str, int]) -> pd.DataFrame:
+                        vectors: np.ndarray | None, tiers: tuple) -> pd.DataFrame:
     """dup_of, dup_distance and dup_reason: how each copy matches its group's keeper, by the
     rule that decided it and its figures ('mirrored: phash 4, dhash 3 bits')."""
     kinds = list(thresholds)
@@ -280,9 +297,9 @@ def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[s
                       + _bits_text(rel, kinds), None)
     linked = ~exact & ~rel["match"].to_numpy()
     if vectors is not None:
-        cosine = pair_cosines(vectors, every, keeper_row)
-        close = hash_matches(every, keeper_row, hashes, loose, full_share(alignments))
-        embedded = linked & (cosine >= min_cosine) & close["match"].to_numpy()
+        match, cosine, close = embedding_match(every, keeper_row, hashes, vectors, thresholds,
+                                               full_share(alignments), tiers)
+        embedded = linked & match
         reason = np.where(embedded, "embedding: cosine " + pd.Series(cosine).map("{:.3f}".format)
                           .to_numpy(object) + ", " + _bits_text(close, kinds) + " "
                           + close["alignment"].to_numpy(object), reason)
