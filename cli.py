@@ -29,6 +29,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     Pipeline (each step adds columns to <workdir>/manifest.parquet):
       curate scan stanford-cars-25        # list and check every file
       curate dedupe stanford-cars-25      # exact and near-duplicate groups
+      curate embed stanford-cars-25       # image embeddings, cached per file
       curate flag-noise stanford-cars-25  # mislabelled and non-car photos
       curate review stanford-cars-25      # look at flags in the FiftyOne App
       curate split stanford-cars-25       # leak-free train/val/test
@@ -270,7 +271,7 @@ def _pipeline(config: DatasetConfig, workdir: Path, quiet: bool, **options) -> d
 def run(config: DatasetConfig, workdir: Path, quiet: bool, until, from_step, seed, workers,
         image_size, backbone, weights, epochs, fine_tune_epochs, batch_size, noise_threshold,
         respect_given, no_report):
-    """Run scan → dedupe → flag-noise → split → train → evaluate, then write the report.
+    """Run scan → dedupe → embed → flag-noise → split → train → evaluate, then write the report.
 
     \b
     Example: curate run stanford-cars-25
@@ -561,20 +562,22 @@ def dedupe(config: DatasetConfig, workdir: Path, quiet: bool, kinds, threshold, 
               help="Images per embedding batch.")
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average each embedding with its mirror image's (2x slower, finds more).")
-@click.option("--workers", type=click.IntRange(1, 64), help="Image-loading threads.")
+@click.option("--engine", type=click.Choice(["onnx", "keras"]),
+              help="Embedding engine (default: onnx when onnxruntime is installed); see `curate embed`.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Image-decoding processes.")
 @click.option("--audit", is_flag=True, help="Also plant known noise in memory (5%% wrong labels, "
               "and outside photos with --noncar-dir) and report how much of it is caught.")
 @click.option("--noncar-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of non-car photos for --audit to plant (never copied).")
 def flag_noise(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weights, folds, seed,
-               threshold, max_flag_rate, batch_size, tta, workers, audit, noncar_dir):
+               threshold, max_flag_rate, batch_size, tta, engine, workers, audit, noncar_dir):
     """Flag non-car photos, wrong labels and outliers from backbone embeddings.
 
     \b
     Example: curate flag-noise stanford-cars-25
              curate flag-noise ~/photos/cars --weights ~/mobilenet_v2_no_top.h5
              curate flag-noise stanford-cars-25 --audit --noncar-dir ~/non-car
-    Embeddings are cached in <workdir>/embeddings (only new files are embedded again). Adds
+    Embeddings come from the `curate embed` cache (missing ones are embedded first). Adds
     noise_score, noise_flag, noise_reason, suggested_label and one column per signal to the
     manifest, and writes noise.csv, noise_suspects.png and noise_scores.png. Files are never
     changed.
@@ -585,9 +588,44 @@ def flag_noise(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weig
         raise click.UsageError("--noncar-dir is used by --audit; add --audit")
     summary = noise.flag_noise(config, workdir, backbone=backbone, weights=weights, folds=folds,
                                seed=seed, threshold=threshold, max_flag_rate=max_flag_rate,
-                               batch_size=batch_size, tta=tta, workers=workers, audit=audit,
+                               batch_size=batch_size, tta=tta, engine=engine, workers=workers,
+                               audit=audit,
                                noncar_dir=noncar_dir, quiet=quiet)
     return summary, noise.describe
+
+
+@main.command()
+@dataset_command
+@click.option("--backbone", type=click.Choice(BACKBONES),
+              help="Backbone (default: datasets.yaml, else mobilenet_v2).")
+@click.option("--weights", help="imagenet (a file from $CURATE_WEIGHTS, else Keras downloads it), "
+              "a no-top weights file, or none (default: datasets.yaml).")
+@click.option("--engine", type=click.Choice(["onnx", "keras"]),
+              help="onnx: ONNX Runtime on the CPU, the backbone exported once into ~/.cache/curate "
+              "(default when onnxruntime is installed); keras: the Keras model (reference, GPU).")
+@click.option("--tta/--no-tta", default=True, show_default=True,
+              help="Average each embedding with its mirror image's (2x the work, finds more).")
+@click.option("--image-size", type=click.IntRange(32, 1024), help="Input size (default: datasets.yaml).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
+              help="Images per batch.")
+@click.option("--workers", type=click.IntRange(1, 64), help="Image-decoding processes (default: cores).")
+def embed(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weights, engine, tta,
+          image_size, batch_size, workers):
+    """Embed every readable image into the per-file cache that flag-noise and review use.
+
+    \b
+    Example: curate embed stanford-cars-25
+             curate embed ~/photos/cars --engine keras --no-tta
+    Vectors are cached in <workdir>/embeddings, keyed by path, size, mtime, backbone, weights,
+    image size and mirror view; a re-run embeds only new or changed files, and an interrupted
+    run resumes from its last checkpoint (every 512 images). Duplicates are embedded once.
+    """
+    from curation.embed import step as embed_step
+
+    settings = embed_step.embed_settings(config, backbone=backbone, weights=weights,
+                                         image_size=image_size, engine=engine, tta=tta,
+                                         batch_size=batch_size, workers=workers)
+    return embed_step.embed(config, workdir, settings=settings, quiet=quiet), embed_step.describe
 
 
 if __name__ == "__main__":

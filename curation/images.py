@@ -17,9 +17,10 @@ DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k photo; beyond that we refuse bef
 EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-            5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T,
-            8: lambda a: np.rot90(a)}   # ImageOps.exif_transpose's turns, on a numpy array
-_FAST_GRAY_SPACES = {"Gray", "YCbCr"}   # JPEG colour spaces whose luma libjpeg-turbo hands out
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+            7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+            8: lambda a: np.rot90(a)}   # ImageOps.exif_transpose's turns, on a (h, w[, c]) array
+_FAST_SPACES = {"Gray", "YCbCr"}   # JPEG colour spaces libjpeg-turbo converts itself
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -150,6 +151,23 @@ def load_array(path: Path, size: int | tuple[int, int], *,
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
+def load_rgb(path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 array (size, size, 3), the whole upright frame resized (aspect not kept), as
+    load_array; what embeddings are computed from.
+
+    Ordinary JPEGs are decoded by libjpeg-turbo at the smallest DCT scale that keeps both sides
+    >= size (simplejpeg), then resized by PIL; everything else goes through load_array.
+    """
+    data = _jpeg_bytes(path)
+    if data is not None:
+        pixels = _scaled_jpeg(data, "RGB", size, max_pixels)
+        if pixels is not None:
+            resized = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize(
+                (size, size), Image.Resampling.BILINEAR)
+            return np.asarray(resized, dtype=np.uint8)
+    return load_array(Path(path), size, max_pixels=max_pixels)
+
+
 def load_gray(path: str | Path, *, min_side: int = 32,
               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Upright grayscale uint8 array (height, width), decoded as small as keeps both sides
@@ -159,21 +177,34 @@ def load_gray(path: str | Path, *, min_side: int = 32,
     PIL header parse), ~1.2x PIL's draft decode (measured); everything else, and any JPEG that path
     refuses, goes through load_image so bad files get the same reasons as in the scan.
     """
-    with open(path, "rb") as handle:
-        data = handle.read(len(_JPEG_SIGNATURE))
-        if data == _JPEG_SIGNATURE:       # other formats are read once, by load_image
-            data += handle.read()
-    if data.startswith(_JPEG_SIGNATURE):
-        try:
-            height, width, space, _ = simplejpeg.decode_jpeg_header(data)
-            if space in _FAST_GRAY_SPACES and 0 < width * height <= max_pixels:
-                pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_width=min_side,
-                                                min_height=min_side)[:, :, 0]
-                return _UPRIGHT.get(_jpeg_orientation(data), lambda a: a)(pixels)
-        except ValueError:
-            pass
+    data = _jpeg_bytes(path)
+    if data is not None:
+        pixels = _scaled_jpeg(data, "GRAY", min_side, max_pixels)
+        if pixels is not None:
+            return pixels[:, :, 0]
     image = load_image(Path(path), max_side=4 * min_side, max_pixels=max_pixels)
     return np.asarray(image.convert("L"))
+
+
+def _jpeg_bytes(path: str | Path) -> bytes | None:
+    """The whole file when it is a JPEG; None (after reading 3 bytes) for anything else."""
+    with open(path, "rb") as handle:
+        data = handle.read(len(_JPEG_SIGNATURE))
+        return data + handle.read() if data == _JPEG_SIGNATURE else None
+
+
+def _scaled_jpeg(data: bytes, colorspace: str, min_side: int, max_pixels: int) -> np.ndarray | None:
+    """Upright (h, w, channels) pixels decoded at the smallest DCT scale keeping both sides >=
+    min_side; None when libjpeg-turbo's fast path does not apply (CMYK, too big, broken)."""
+    try:
+        height, width, space, _ = simplejpeg.decode_jpeg_header(data)
+        if space not in _FAST_SPACES or not 0 < width * height <= max_pixels:
+            return None
+        pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, min_width=min_side,
+                                        min_height=min_side)
+    except ValueError:
+        return None
+    return _UPRIGHT.get(_jpeg_orientation(data), lambda a: a)(pixels)
 
 
 def _jpeg_orientation(data: bytes) -> int:

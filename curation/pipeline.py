@@ -1,4 +1,4 @@
-"""`curate run`: scan → dedupe → flag-noise → split → train → evaluate in one command, resumable.
+"""`curate run`: scan → dedupe → embed → flag-noise → split → train → evaluate, resumable.
 
 Each step keeps its own per-image caches; on top of them the pipeline skips a whole step when
 its inputs are unchanged since it last finished. A step's fingerprint hashes its settings and
@@ -26,7 +26,7 @@ from curation.errors import ManifestUnreadable
 from curation.manifest import (REVIEW_COLUMNS, ManifestMissing, atomic_write_json, read_manifest, read_run,
                        workdir_lock)
 
-STEPS = ("scan", "dedupe", "flag-noise", "split", "train", "evaluate")
+STEPS = ("scan", "dedupe", "embed", "flag-noise", "split", "train", "evaluate")
 STATE_FILE = "pipeline.json"
 _DATA_COLUMNS = ["path", "bytes", "mtime", "sha256", "readable", "label", "given_split"]
 
@@ -86,6 +86,11 @@ STEP_TABLE = {step.name: step for step in (
     Step("dedupe", "curation.dedupe.step",
          lambda m, c, w, r, q: m.dedupe(c, w, workers=r.workers, quiet=q),
          lambda c, r: {}),
+    Step("embed", "curation.embed.step",
+         lambda m, c, w, r, q: m.embed(c, w, settings=m.embed_settings(c, seed=r.seed,
+                                                                       workers=r.workers), quiet=q),
+         lambda c, r: {"backbone": c.backbone, "weights": c.weights, "image_size": c.image_size,
+                       "seed": r.seed}),
     Step("flag-noise", "curation.noise.step",
          lambda m, c, w, r, q: m.flag_noise(c, w, seed=r.seed, threshold=r.noise_threshold,
                                             workers=r.workers, quiet=q),

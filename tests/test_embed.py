@@ -1,6 +1,8 @@
-"""Embedding cache: reuse across runs, re-embedding changed files, duplicates embedded once."""
+"""Embedding cache: reuse across runs, re-embedding changed files, duplicates embedded once,
+checkpoints that a killed run resumes from."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -8,13 +10,14 @@ import pandas as pd
 import pytest
 from PIL import ImageOps
 
-from curation.embed.cache import (cache_file, embed_files, embed_manifest, load_cached_embeddings,
-                            representatives, weights_tag)
+from curation.embed.cache import cache_file, load_cached_embeddings, representatives, weights_tag
+from curation.embed.compute import EmbedSettings, embed_files, embed_manifest
 from tests.conftest import synthetic_photo
 
 # Random-init weights: no download, no $CURATE_WEIGHTS; the cache logic is the same.
-OPTIONS = dict(backbone="mobilenet_v1_025", weights="none", image_size=64, batch_size=4,
-               quiet=True)
+SETTINGS = EmbedSettings(backbone="mobilenet_v1_025", weights="none", image_size=64, batch_size=4,
+                         workers=1)
+OPTIONS = dict(settings=SETTINGS, quiet=True)
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -91,8 +94,8 @@ def test_mirror_views_make_embeddings_mirror_invariant(tmp_path):
     ImageOps.mirror(original).save(tmp_path / "b.png")
     vectors = embed_files(["a.png", "b.png"], tmp_path / "work", root=tmp_path, **OPTIONS).vectors
     np.testing.assert_allclose(unit(vectors[0]), unit(vectors[1]), atol=1e-4)
-    plain = embed_files(["a.png", "b.png"], tmp_path / "work", root=tmp_path, tta=False,
-                        **OPTIONS).vectors
+    plain = embed_files(["a.png", "b.png"], tmp_path / "work", root=tmp_path, quiet=True,
+                        settings=dataclasses.replace(SETTINGS, tta=False)).vectors
     assert not np.allclose(unit(plain[0]), unit(plain[1]), atol=1e-3)
 
 

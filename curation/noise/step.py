@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from curation.config import ConfigError, DatasetConfig, check_root
-from curation.embed.cache import embed_files, embed_manifest, representatives
+from curation.embed.cache import representatives
+from curation.embed.compute import EmbedSettings, embed_files
+from curation.embed.step import dataset_embeddings, embed_settings, readable_rows
 from curation.images import image_files
 from curation.manifest import (NOISE_COLUMNS, atomic_write, merge_columns, read_manifest, record_run,
                        workdir_lock, write_manifest)
@@ -74,23 +76,21 @@ def outside_photos(folder: Path) -> list[str]:
 def flag_noise(config: DatasetConfig, workdir: Path, *, backbone: str | None = None,
                weights: str | None = None, folds: int = 5, seed: int = 0,
                threshold: float | None = None, max_flag_rate: float | None = 0.3,
-               batch_size: int = 32, tta: bool = True, audit: bool = False,
-               noncar_dir: Path | None = None, audit_rate: float = 0.05,
+               batch_size: int = 32, tta: bool = True, engine: str | None = None,
+               audit: bool = False, noncar_dir: Path | None = None, audit_rate: float = 0.05,
                workers: int | None = None, quiet: bool = False) -> dict:
     """Flag suspect images in <workdir>/manifest.parquet and write the noise outputs."""
     started = time.time()
     check_root(config)
     workdir = Path(workdir).resolve()
-    backbone = backbone or config.backbone
-    weights = weights or config.weights
     params = NoiseParams(folds=folds, seed=seed)
-    embed_options = dict(backbone=backbone, weights=weights, image_size=config.image_size,
-                         batch_size=batch_size, tta=tta, seed=seed, loaders=workers,
-                         quiet=quiet)
+    embedding = embed_settings(config, backbone=backbone, weights=weights, tta=tta,
+                               engine=engine, batch_size=batch_size, workers=workers, seed=seed)
+    backbone, weights = embedding.backbone, embedding.weights
     with workdir_lock(workdir):
         manifest = read_manifest(workdir, required=["path", "label", "readable", "bytes", "mtime"])
-        rows = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
-        run = embed_manifest(rows, config.root, workdir, **embed_options)
+        rows = readable_rows(manifest)
+        run = dataset_embeddings(config, workdir, rows, embedding, quiet=quiet)
         ok = ~np.isnan(run.vectors).any(axis=1) if run.vectors.size else np.zeros(len(rows), bool)
         rows, vectors = rows[ok].reset_index(drop=True), run.vectors[ok]
         if len(rows) < 3:
@@ -107,7 +107,7 @@ def flag_noise(config: DatasetConfig, workdir: Path, *, backbone: str | None = N
         summary.update(backbone=backbone, weights=str(weights))
         if audit:
             summary["audit"] = run_audit(rows, vectors, workdir, noncar_dir, params,
-                                         rate=audit_rate, embed_options=embed_options)
+                                         rate=audit_rate, embedding=embedding, quiet=quiet)
         settings = {"backbone": backbone, "weights": str(weights), "image_size": config.image_size,
                     "tta": tta, "threshold": threshold, "max_flag_rate": max_flag_rate,
                     "audit": audit, "noncar_dir": str(noncar_dir) if noncar_dir else None,
@@ -125,7 +125,8 @@ def _typed(flags: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_audit(rows: pd.DataFrame, vectors: np.ndarray, workdir: Path, noncar_dir: Path | None,
-              params: NoiseParams, *, rate: float, embed_options: dict) -> dict:
+              params: NoiseParams, *, rate: float, embedding: EmbedSettings,
+              quiet: bool = False) -> dict:
     """Plant `rate` mislabels (and outside photos from noncar_dir) in memory and score detection."""
     from curation.noise.audit import audit
 
@@ -134,7 +135,7 @@ def run_audit(rows: pd.DataFrame, vectors: np.ndarray, workdir: Path, noncar_dir
     outside = None
     if noncar_dir is not None:
         photos = outside_photos(noncar_dir)
-        embedded = embed_files(photos, workdir, **embed_options).vectors
+        embedded = embed_files(photos, workdir, settings=embedding, quiet=quiet).vectors
         outside = embedded[~np.isnan(embedded).any(axis=1)] if embedded.size else None
     return audit(vectors[units["row"].to_numpy()], labels, units["group"].to_numpy(), outside=outside,
                  mislabel_rate=rate, outside_rate=rate if outside is not None else 0.0,
@@ -208,7 +209,8 @@ def summarize(flags: pd.DataFrame, info: dict, run, outputs: dict, *, threshold,
         "threshold": "auto (0.5: each signal's own cut)" if threshold is None else threshold,
         "max_flag_rate": max_flag_rate, "capped_by_max_flag_rate": bool(capped),
         "detector": info,
-        "embeddings": {"cache_file": str(run.cache_file), "computed": run.computed,
+        "embeddings": {"cache_file": str(run.cache_file), "engine": run.engine,
+                       "computed": run.computed,
                        "reused": run.reused, "images_per_second": run.images_per_second,
                        "failed": dict(sorted(run.failed.items()))},
         "top": {r: flagged.loc[flagged["noise_reason"] == r, "path"].head(5).tolist()

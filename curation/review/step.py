@@ -117,7 +117,9 @@ def review(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = Non
             manifest = read_manifest(workdir, required=["path", "label", "readable"])
             dataset, counts = build_dataset(fo, name, manifest, config.root.resolve())
             views = save_views(fo, dataset)
-            mapped = compute_map(fo, dataset, load_embeddings(workdir, manifest), method, seed,
+            embeddings = None if method == "none" else load_embeddings(config, workdir, manifest,
+                                                                       quiet=quiet)
+            mapped = compute_map(fo, dataset, embeddings, method, seed,
                                  announce=None if quiet else announce)
             tags = dataset.count_sample_tags()
             summary = {"dataset": name, "database": where, **counts, "flags": _tag_counts(tags),
