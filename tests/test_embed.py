@@ -117,3 +117,32 @@ def test_weights_file_tag_changes_with_its_content(tmp_path):
     first.write_bytes(b"two")
     assert weights_tag("mobilenet_v2", str(first)) != tag
     assert weights_tag("mobilenet_v2", "none") == "none"
+
+
+def test_a_run_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path, make_image, monkeypatch):
+    from curation.embed import cache, compute
+
+    names = [f"car/{i}.jpg" for i in range(10)]
+    for i, name in enumerate(names):
+        make_image(tmp_path / "data" / name, seed=i)
+    clean = embed_files(names, tmp_path / "clean", root=tmp_path / "data", **OPTIONS)
+    real_embed, calls = compute.embed_views, []
+
+    def dies_at_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(compute, "embed_views", dies_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_files(names, tmp_path / "work", root=tmp_path / "data", checkpoint_every=4, **OPTIONS)
+    path = cache_file(tmp_path / "work", "mobilenet_v1_025", 64, "none")
+    assert not path.exists() and len(list(cache.parts_dir(path).glob("*.npz"))) == 2
+    keys, _ = cache.read_cache(path)
+    assert sorted(keys["path"]) == sorted(names)[:8]      # two batches of 4 checkpointed
+    monkeypatch.setattr(compute, "embed_views", real_embed)
+    resumed = embed_files(names, tmp_path / "work", root=tmp_path / "data", **OPTIONS)
+    assert (resumed.computed, resumed.reused) == (2, 8)
+    np.testing.assert_allclose(resumed.vectors, clean.vectors, rtol=1e-5, atol=1e-6)
+    assert path.exists() and not cache.parts_dir(path).exists()   # parts folded in at the end
