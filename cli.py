@@ -605,10 +605,12 @@ def flag_noise(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weig
               "(default when onnxruntime is installed); keras: the Keras model (reference, GPU).")
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average each embedding with its mirror image's (2x the work, finds more).")
-@click.option("--image-size", type=click.IntRange(32, 1024), help="Input size (default: datasets.yaml).")
+@click.option("--image-size", type=click.IntRange(32, 1024),
+              help="Input size (default: datasets.yaml).")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Images per batch.")
-@click.option("--workers", type=click.IntRange(1, 64), help="Image-decoding processes (default: cores).")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Image-decoding processes (default: cores).")
 def embed(config: DatasetConfig, workdir: Path, quiet: bool, backbone, weights, engine, tta,
           image_size, batch_size, workers):
     """Embed every readable image into the per-file cache that flag-noise and review use.

@@ -6,7 +6,7 @@ Each engine lives in its own process, as in real use (TensorFlow's threads must 
 process with ONNX Runtime's), and is built and warmed up first (model load, ONNX export, graph
 tracing are one-off costs, reported apart); then the timed runs alternate engines, `--rounds`
 times, so a change in the machine's load hits both. Prints one JSON object. Example:
-    CURATE_DATA=../shared/data CURATE_WEIGHTS=../shared/weights python bench/embed_bench.py --limit 256
+    CURATE_DATA=../shared/data CURATE_WEIGHTS=../shared/weights python bench/embed_bench.py
 """
 from __future__ import annotations
 
@@ -45,11 +45,12 @@ def warm_up(settings: EmbedSettings) -> float:
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (the decoding workers)."""
-    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    usages = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(usage.ru_utime + usage.ru_stime for usage in usages)
 
 
-def timed_run(files: list[str], root: Path, settings: EmbedSettings) -> tuple[float, float, np.ndarray]:
+def timed_run(files: list[str], root: Path,
+              settings: EmbedSettings) -> tuple[float, float, np.ndarray]:
     """Wall and CPU seconds to embed `files` into a fresh cache, and the vectors."""
     with tempfile.TemporaryDirectory() as scratch:
         started, cpu = time.perf_counter(), cpu_seconds()
@@ -84,14 +85,15 @@ def main() -> None:
     spawn = get_context("spawn")
     runners = {e: ProcessPoolExecutor(1, mp_context=spawn) for e in ENGINES}
     with runners["onnx"], runners["keras"]:
-        report["warm_up_seconds"] = {e: runners[e].submit(warm_up, EmbedSettings(engine=e, **base)).result()
-                                     for e in ENGINES}
+        report["warm_up_seconds"] = {e: runners[e].submit(warm_up, EmbedSettings(engine=e, **base))
+                                     .result() for e in ENGINES}
         for tta in (True, False):
             seconds, cpu, vectors = {e: 0.0 for e in ENGINES}, {e: 0.0 for e in ENGINES}, {}
             for _ in range(args.rounds):
                 for e in ENGINES:
-                    took, used, vectors[e] = runners[e].submit(
-                        timed_run, files, config.root, EmbedSettings(engine=e, tta=tta, **base)).result()
+                    settings = EmbedSettings(engine=e, tta=tta, **base)
+                    took, used, vectors[e] = runners[e].submit(timed_run, files, config.root,
+                                                               settings).result()
                     seconds[e] += took
                     cpu[e] += used
             rate = {e: round(args.rounds * len(files) / seconds[e], 1) for e in ENGINES}
@@ -107,8 +109,10 @@ def main() -> None:
     report["targets_met"] = {
         "onnx>=3x_keras": min(mirror["ratio_onnx_over_keras"], plain["ratio_onnx_over_keras"])
         >= TARGETS["ratio_onnx_over_keras"],
-        "onnx>=80_img/s_mirror": mirror["images_per_second"]["onnx"] >= TARGETS["onnx_images_per_second_tta"],
-        "onnx>=150_img/s_no_mirror": plain["images_per_second"]["onnx"] >= TARGETS["onnx_images_per_second_no_tta"]}
+        "onnx>=80_img/s_mirror":
+            mirror["images_per_second"]["onnx"] >= TARGETS["onnx_images_per_second_tta"],
+        "onnx>=150_img/s_no_mirror":
+            plain["images_per_second"]["onnx"] >= TARGETS["onnx_images_per_second_no_tta"]}
     print(json.dumps(report, indent=2))
 
 

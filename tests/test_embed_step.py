@@ -28,7 +28,8 @@ def scanned(class_tree, tmp_path):
     """3 classes x 4 generated photos and an unreadable file, scanned into a workdir."""
     (class_tree / "beta" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     work = tmp_path / "work"
-    assert CliRunner().invoke(main, ["scan", str(class_tree), "--workdir", str(work), "-q"]).exit_code == 0
+    scan = CliRunner().invoke(main, ["scan", str(class_tree), "--workdir", str(work), "-q"])
+    assert scan.exit_code == 0
     return class_tree, work
 
 

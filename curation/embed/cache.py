@@ -75,7 +75,7 @@ def read_cache(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def write_checkpoint(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> Path:
-    """Save new rows as the next checkpoint part of the cache file `path` (cost: those rows only)."""
+    """Save new rows as the next checkpoint part of the cache file `path` (writes only them)."""
     folder = parts_dir(path)
     numbers = [int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()]
     return _write_npz(folder / f"{max(numbers, default=0) + 1:06d}.npz", keys, vectors)

@@ -1,4 +1,4 @@
-"""Embed files with the cache: reuse what is cached, decode and embed the rest, checkpoint as it goes.
+"""Embed files through the cache: reuse what is cached, decode and embed the rest, checkpointing.
 
 With test-time augmentation (default) each vector is the mean over the image and its mirror image.
 """

@@ -19,7 +19,7 @@ EXPORT_FORMAT = "onnx-v1"   # bump when the exported graph changes, so old expor
 
 
 def cache_root() -> Path:
-    """$CURATE_CACHE, else $XDG_CACHE_HOME/curate, else ~/.cache/curate: per user, not per dataset."""
+    """$CURATE_CACHE, else $XDG_CACHE_HOME/curate, else ~/.cache/curate (per user, not dataset)."""
     explicit = os.environ.get("CURATE_CACHE")
     if explicit:
         return Path(explicit).expanduser()

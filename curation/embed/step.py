@@ -26,7 +26,8 @@ REQUIRED_COLUMNS = ["path", "readable", "bytes", "mtime"]
 
 
 def embed_settings(config: DatasetConfig, *, backbone: str | None = None,
-                   weights: str | None = None, image_size: int | None = None, **options) -> EmbedSettings:
+                   weights: str | None = None, image_size: int | None = None,
+                   **options) -> EmbedSettings:
     """EmbedSettings from datasets.yaml's backbone/weights/size and the overrides given, checked."""
     engine = options.get("engine")
     if engine is not None and engine not in ENGINES:
@@ -52,7 +53,8 @@ def dataset_embeddings(config: DatasetConfig, workdir: Path, rows: pd.DataFrame,
     started = time.time()
     run = embed_manifest(rows, config.root, workdir, settings=settings, quiet=quiet)
     last = read_run(workdir, "embed")
-    if run.computed or run.failed or not last or last["summary"]["cache_file"] != str(run.cache_file):
+    changed = not last or last["summary"]["cache_file"] != str(run.cache_file)
+    if run.computed or run.failed or changed:
         record_run(workdir, "embed", settings=_recorded(settings),
                    summary=summarize(rows, run, time.time() - started), started=started)
     return run
