@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from cli import main
 from curation.config import DatasetConfig, ConfigError
-from curation.embed import export
+from curation.embed import engines, export
 from curation.embed.step import embed_settings, manifest_embeddings, readable_rows
 from curation.manifest import read_manifest, read_run
 from curation.noise.step import flag_noise
@@ -52,7 +52,7 @@ def test_embed_fills_the_cache_once_and_flag_noise_reads_it(scanned):
                            weights="none")
     noise = flag_noise(config, work, quiet=True)
     assert (noise["embeddings"]["computed"], noise["embeddings"]["reused"]) == (0, 12)
-    assert noise["embeddings"]["engine"] == "onnx"
+    assert noise["embeddings"]["engine"] is None                  # nothing had to be embedded
 
 
 def test_review_map_embeds_a_cold_cache_with_the_last_settings(scanned):
@@ -88,3 +88,13 @@ def test_exports_are_kept_per_weights_content(tmp_path):
     assert len(paths) == 2 and all(p.parent.parent == export.cache_root() / export.EXPORT_FORMAT
                                    for p in paths)
     assert export.onnx_path("mobilenet_v2", "none", 224, seed=1).parent.name == "none-seed1"
+
+
+def test_a_backbone_that_cannot_be_exported_runs_on_keras(tmp_path, capfd):
+    out = export.onnx_path("mobilenet_v1_025", "none", 32, seed=7)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".failed").write_text("export failed: ValueError: planted")
+    engine = engines.get_engine("onnx", "mobilenet_v1_025", "none", 32, seed=7)
+    assert engine.name == "keras" and "planted" in capfd.readouterr().err
+    features = engines.embed_views(engine, np.zeros((2, 32, 32, 3), np.uint8), tta=True)
+    assert features.shape == (2, 256)

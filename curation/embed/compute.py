@@ -47,7 +47,7 @@ class EmbeddingRun:
 
     vectors: np.ndarray
     cache_file: Path
-    engine: str
+    engine: str | None               # None when nothing had to be embedded
     computed: int = 0
     reused: int = 0
     seconds: float = 0.0
@@ -70,6 +70,7 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
     cached = wanted.merge(keys, on=IDENTITY_COLUMNS, how="inner")
     todo = sorted(set(wanted["path"]) - set(cached["path"]))
     failed: dict[str, str] = {}
+    engine_name = None
     if todo:
         identity = wanted.drop_duplicates("path").set_index("path")
         batches = decoded_batches(todo, [Path(root) / p if root else Path(p) for p in todo],
@@ -77,7 +78,8 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
                                   workers=s.workers or default_workers())
         first = next(batches)   # decoding starts before the model loads, and overlaps it
         engine = get_engine(s.engine_name, s.backbone, s.weights, s.image_size, s.seed)
-        bar = progress_bar(total=len(todo), desc=f"embed ({s.engine_name})", unit="img",
+        engine_name = engine.name
+        bar = progress_bar(total=len(todo), desc=f"embed ({engine.name})", unit="img",
                            quiet=quiet)
         done, pending = [], []          # (names, vectors) of this run; not yet checkpointed
         for batch in itertools.chain([first], batches):
@@ -87,11 +89,12 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
             bar.update(len(batch.names))
             if sum(len(names) for names, _ in pending) >= checkpoint_every:
                 write_checkpoint(path, *_rows(pending, identity))
-                done, pending = done + pending, []
+                done.extend(pending)
+                pending = []
         bar.close()
         keys, vectors = merge(keys, vectors, *_rows(done + pending, identity))
         write_cache(path, keys, vectors)
-    return EmbeddingRun(aligned(wanted, keys, vectors), path, s.engine_name,
+    return EmbeddingRun(aligned(wanted, keys, vectors), path, engine_name,
                         computed=len(todo) - len(failed), reused=len(cached),
                         seconds=time.time() - started, failed=failed)
 
