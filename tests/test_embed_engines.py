@@ -20,6 +20,7 @@ from curation.noise.step import judge
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.real_data, pytest.mark.weights, pytest.mark.slow]
+IMAGENET = dict(backbone="mobilenet_v2", weights="imagenet", image_size=224)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -42,7 +43,7 @@ def test_onnx_and_keras_engines_give_the_same_vectors_and_flags(photos, curate_d
     vectors = {}
     for engine in ("onnx", "keras"):
         run = embed_files(photos["path"].tolist(), tmp_path / engine, root=curate_data,
-                          settings=EmbedSettings(engine=engine), quiet=True)
+                          settings=EmbedSettings(engine=engine, **IMAGENET), quiet=True)
         assert run.engine == engine and run.computed == len(photos) and not run.failed
         vectors[engine] = run.vectors
     assert cosines(vectors["onnx"], vectors["keras"]).min() >= 0.999
@@ -85,7 +86,7 @@ def test_sigkilled_embed_resumes_from_its_last_checkpoint(curate_data, curate_we
     keys, vectors = cache.read_cache(path)
     sample = pd.concat([kept.iloc[:24], keys[~keys["path"].isin(kept["path"])].iloc[:24]])
     fresh = embed_files(sample["path"].tolist(), tmp_path / "fresh", root=dataset, quiet=True,
-                        settings=EmbedSettings(tta=False)).vectors
+                        settings=EmbedSettings(tta=False, **IMAGENET)).vectors
     resumed = vectors[keys.reset_index().set_index("path").loc[sample["path"], "index"]]
     np.testing.assert_allclose(resumed, fresh, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(kept_vectors[:24], resumed[:24])

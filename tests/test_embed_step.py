@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from curation.config import DatasetConfig, ConfigError
+from curation.config import ConfigError, DatasetConfig
 from curation.embed import engines, export
-from curation.embed.step import embed_settings, manifest_embeddings, readable_rows
+from curation.embed.step import STEP, manifest_embeddings, readable_rows
 from curation.manifest import read_manifest, read_run
 from curation.noise.step import flag_noise
+from curation.steps import Workdir, resolve_settings
 
 TINY = ["--backbone", "mobilenet_v1_025", "--weights", "none", "--image-size", "64"]
 
@@ -41,18 +42,18 @@ def test_embed_fills_the_cache_once_and_flag_noise_reads_it(scanned):
     summary = json.loads(first.output)
     assert (summary["images"], summary["computed"], summary["reused"]) == (12, 12, 0)
     assert summary["engine"] == "onnx" and summary["dimensions"] == 256
-    record = read_run(work, "embed")
-    assert record["settings"]["engine"] == "onnx" and record["summary"]["computed"] == 12
+    assert read_run(work, "embed")["summary"]["computed"] == 12
 
     again = CliRunner().invoke(main, command)
     assert again.exit_code == 0 and "already embedded; nothing to do" in again.output
-    assert read_run(work, "embed") == record          # a warm run leaves the record alone
+    record = read_run(work, "embed")
 
     config = DatasetConfig(name="tree", root=root, image_size=64, backbone="mobilenet_v1_025",
                            weights="none")
     noise = flag_noise(config, work, quiet=True)
     assert (noise["embeddings"]["computed"], noise["embeddings"]["reused"]) == (0, 12)
     assert noise["embeddings"]["engine"] is None                  # nothing had to be embedded
+    assert read_run(work, "embed") == record      # so flag-noise left the embed record alone
 
 
 def test_review_map_embeds_a_cold_cache_with_the_last_settings(scanned):
@@ -60,11 +61,12 @@ def test_review_map_embeds_a_cold_cache_with_the_last_settings(scanned):
     config = DatasetConfig(name="tree", root=root, image_size=64, backbone="mobilenet_v1_025",
                            weights="none")
     rows = readable_rows(read_manifest(work))
-    cold = manifest_embeddings(config, work, rows, quiet=True)     # nothing cached yet
+    step = Workdir(work, config, STEP, quiet=True)
+    cold = manifest_embeddings(step, rows)                          # nothing cached yet
     assert cold.shape == (12, 256) and np.isfinite(cold).all()
     assert read_run(work, "embed")["settings"]["tta"] is True
     CliRunner().invoke(main, ["embed", str(root), "--workdir", str(work), *TINY, "--no-tta", "-q"])
-    plain = manifest_embeddings(config, work, rows, quiet=True)   # the last run's (no mirror)
+    plain = manifest_embeddings(step, rows)                         # the last run's (no mirror)
     assert read_run(work, "embed")["settings"]["tta"] is False
     assert not np.allclose(unit(plain), unit(cold), atol=1e-3)
 
@@ -77,7 +79,7 @@ def test_keras_engine_and_settings_are_checked(scanned):
     assert "Example:" in CliRunner().invoke(main, ["embed", "--help"]).output
     config = DatasetConfig(name="tree", root=root)
     with pytest.raises(ConfigError, match="--engine"):
-        embed_settings(config, engine="tensorrt")
+        resolve_settings(STEP, config, {"engine": "tensorrt"})
 
 
 def test_exports_are_kept_per_weights_content(tmp_path):

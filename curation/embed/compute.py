@@ -15,26 +15,40 @@ import pandas as pd
 
 from curation.embed.cache import (aligned, cache_file, merge, read_cache, representatives,
                                   write_cache, write_checkpoint)
-from curation.embed.engines import default_engine, embed_views, get_engine
+from curation.config import BACKBONES
+from curation.embed.engines import ENGINES, default_engine, embed_views, get_engine
 from curation.embed.pipeline import decoded_batches
 from curation.manifest import IDENTITY_COLUMNS, file_identity
 from curation.parallel import default_workers, progress_bar
+from curation.settings import setting
 
 CHECKPOINT_IMAGES = 512   # a killed run loses at most this many embedded images
 
 
 @dataclass(frozen=True)
 class EmbedSettings:
-    """What an embedding is made with (the first four key the cache) and how it is run."""
+    """What an embedding is made with (backbone, weights, size and mirror view key the cache)
+    and how it is run. None: datasets.yaml's value (curation.settings.resolve fills it)."""
 
-    backbone: str = "mobilenet_v2"
-    weights: str | None = "imagenet"
-    image_size: int = 224
-    tta: bool = True                 # average with the mirror image
-    engine: str | None = None        # onnx | keras; None: onnx when onnxruntime is installed
-    batch_size: int = 32
-    workers: int | None = None       # decoding processes (default: cores)
-    seed: int = 0                    # only matters for random-init weights
+    backbone: str | None = setting(None, "Embedding backbone [default: datasets.yaml].",
+                                   choices=BACKBONES, config="backbone")
+    weights: str | None = setting(None, "imagenet (a file from $CURATE_WEIGHTS, else Keras "
+                                  "downloads it), a no-top weights file, or none "
+                                  "[default: datasets.yaml].", config="weights", kind=str)
+    image_size: int | None = setting(None, "Square input size in pixels [default: datasets.yaml].",
+                                     kind=int, low=32, high=1024, config="image_size")
+    tta: bool = setting(True, "Average each embedding with its mirror image's (2x the work, "
+                        "finds more).")
+    engine: str | None = setting(None, "onnx: ONNX Runtime on the CPU, the backbone exported "
+                                 "once into ~/.cache/curate (default when onnxruntime is "
+                                 "installed); keras: the Keras model (the reference; GPUs).",
+                                 choices=ENGINES, result=False)
+    batch_size: int = setting(32, "Images per embedding batch.", low=1, high=1024,
+                              result=False, run_flag="--embed-batch-size")
+    workers: int | None = setting(None, "Image-decoding processes (default: cores).", kind=int,
+                                  low=1, high=256, result=False)
+    seed: int = setting(0, "Random seed: same seed, same result (embeddings: random-init "
+                        "weights only).")
 
     @property
     def engine_name(self) -> str:
@@ -59,9 +73,10 @@ class EmbeddingRun:
 
 
 def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None,
-                settings: EmbedSettings = EmbedSettings(), quiet: bool = False,
+                settings: EmbedSettings, quiet: bool = False,
                 checkpoint_every: int = CHECKPOINT_IMAGES) -> EmbeddingRun:
-    """Embed files (relative to root, or absolute), reusing the workdir cache; one row per file."""
+    """Embed files (relative to root, or absolute), reusing the workdir cache; one row per file.
+    `settings` must be resolved (no None backbone, weights or image size)."""
     started = time.time()
     s = settings
     path = cache_file(workdir, s.backbone, s.image_size, s.weights, s.tta)
@@ -110,7 +125,7 @@ def _rows(embedded: list[tuple[list[str], np.ndarray]],
 
 
 def embed_manifest(manifest: pd.DataFrame, root: Path, workdir: Path, *,
-                   settings: EmbedSettings = EmbedSettings(), quiet: bool = False,
+                   settings: EmbedSettings, quiet: bool = False,
                    checkpoint_every: int = CHECKPOINT_IMAGES) -> EmbeddingRun:
     """Embeddings aligned with the manifest rows; duplicates reuse their keeper's vector."""
     rep = representatives(manifest)

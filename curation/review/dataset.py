@@ -179,13 +179,12 @@ def save_problem_view(dataset, paths: list[str]) -> None:
 
 # ---- embeddings map -------------------------------------------------------------------------
 
-def load_embeddings(config, workdir: Path, manifest: pd.DataFrame, *,
-                    quiet: bool = False) -> dict[str, np.ndarray] | None:
+def load_embeddings(work, manifest: pd.DataFrame) -> dict[str, np.ndarray] | None:
     """Embeddings by manifest path from the embed step's cache (the cold ones embedded first)."""
     from curation.embed.step import manifest_embeddings, readable_rows
 
     rows = readable_rows(manifest)
-    vectors = manifest_embeddings(config, workdir, rows, quiet=quiet)
+    vectors = manifest_embeddings(work, rows)
     if not vectors.size:
         return None
     found = ~np.isnan(vectors).any(axis=1)
