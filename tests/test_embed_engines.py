@@ -68,7 +68,7 @@ def test_sigkilled_embed_resumes_from_its_last_checkpoint(curate_data, curate_we
     run = subprocess.Popen(curate("embed", dataset, *common), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not any(cache.parts_dir(path).glob("*.npz")) and run.poll() is None:
+    while not cache.checkpoint_parts(path) and run.poll() is None:
         assert time.time() < deadline, "no checkpoint within 5 minutes"
         time.sleep(0.05)
     run.send_signal(signal.SIGKILL)

@@ -43,6 +43,12 @@ def parts_dir(path: Path) -> Path:
     return Path(path).with_suffix(".parts")
 
 
+def checkpoint_parts(path: Path) -> list[Path]:
+    """The finished checkpoint parts of the cache file `path`, oldest first (a part a killed run
+    was still writing is a hidden temp file, not listed)."""
+    return sorted(p for p in parts_dir(path).glob("*.npz") if p.stem.isdigit())
+
+
 def _empty() -> tuple[pd.DataFrame, np.ndarray]:
     return pd.DataFrame({"path": [], "bytes": [], "mtime": []}), np.zeros((0, 0), np.float32)
 
@@ -69,22 +75,22 @@ def read_cache(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """Cached identities (path, bytes, mtime) and their vectors, row for row: the cache file
     and then its checkpoint parts, a later row replacing an earlier one for the same path."""
     keys, vectors = _read_npz(path) if Path(path).exists() else _empty()
-    for part in sorted(parts_dir(path).glob("*.npz")):
+    for part in checkpoint_parts(path):
         keys, vectors = merge(keys, vectors, *_read_npz(part))
     return keys, vectors
 
 
 def write_checkpoint(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> Path:
     """Save new rows as the next checkpoint part of the cache file `path` (writes only them)."""
-    folder = parts_dir(path)
-    numbers = [int(p.stem) for p in folder.glob("*.npz") if p.stem.isdigit()]
-    return _write_npz(folder / f"{max(numbers, default=0) + 1:06d}.npz", keys, vectors)
+    numbers = [int(p.stem) for p in checkpoint_parts(path)]
+    return _write_npz(parts_dir(path) / f"{max(numbers, default=0) + 1:06d}.npz", keys, vectors)
 
 
 def write_cache(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> None:
-    """Replace the cache file with these rows, then drop the parts they include."""
+    """Replace the cache file with these rows, then drop the parts they include (and any part
+    a killed run left half-written)."""
     _write_npz(path, keys, vectors)
-    for part in parts_dir(path).glob("*.npz"):
+    for part in parts_dir(path).glob("*"):
         part.unlink()
     with contextlib.suppress(OSError):
         parts_dir(path).rmdir()
