@@ -510,6 +510,100 @@ def predict(model_dir: Path, images, top_k, min_confidence, as_json):
     emit(results, predict_step.describe, as_json)
 
 
+def model_folder(model_dir: Path) -> Path:
+    """A model folder, or the workdir that holds one in model/."""
+    if not (model_dir / "model.keras").exists() and (model_dir / "model" / "model.keras").exists():
+        return model_dir / "model"
+    return model_dir
+
+
+def check_options(func):
+    """MODEL_DIR and the catalogue options shared by `check` and `serve`."""
+    func = click.option("--index-workdir", type=click.Path(file_okay=False, path_type=Path),
+                        help="Workdir of the --index dataset (default: .curate/<dataset>/).")(func)
+    func = click.option("--index", "index", metavar="DATASET",
+                        help="Catalogue to look re-used photos up in: a dataset that `curate "
+                             "dedupe` has hashed (its index is kept in its workdir).")(func)
+    return click.argument("model_dir", type=click.Path(exists=True, file_okay=False,
+                                                       path_type=Path))(func)
+
+
+def load_checker(model_dir: Path, index: str | None, index_workdir: Path | None):
+    """The model (and catalogue) behind `check` and `serve`, loaded once."""
+    from training.catalogue import load_catalogue
+    from training.check import Checker
+
+    catalogue = None
+    if index is not None:
+        config = resolve_dataset(index, click.get_current_context().obj["config_path"])
+        catalogue = load_catalogue(index_workdir or config.default_workdir(), config.name)
+    try:
+        return Checker(model_folder(model_dir), catalogue=catalogue)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@check_options
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--claimed", metavar="LABEL", help="The model the seller claims for every IMAGE.")
+@click.option("--claims", type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV with columns path,claimed_label (paths relative to the CSV's folder).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every verdict to this file (.csv or .json).")
+@click.option("--top-k", "-k", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
+def check(model_dir, index, index_workdir, images, claimed, claims, out, top_k, as_json):
+    """Tell whether listing photos show the claimed model, are not a car, or re-use a photo.
+
+    \b
+    Example: curate check .curate/swift-wagonr/model car1.jpg car2.jpg --claimed swift
+             curate check .curate/stanford-cars-25 --claims claims.csv --index stanford-cars-25
+    Verdicts, first that applies: unreadable, not_a_car, duplicate (re-uses a photo of the
+    --index catalogue), wrong_model (confidently another class; at most 2 % of correctly
+    labelled val photos get it), unsure, ok. Thresholds are calibrated on val.
+    """
+    from training import claims as claims_step
+
+    try:
+        pairs = claims_step.read_claims(images, claimed, claims)
+        report = claims_step.check_files(load_checker(model_dir, index, index_workdir), pairs,
+                                         out=out, k=top_k)
+    except EXPECTED_ERRORS as exc:
+        raise one_line(exc) from None
+    emit(report, claims_step.describe, as_json)
+
+
+@main.command()
+@check_options
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 serves other machines too).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--max-bytes", type=click.IntRange(1), default=20_000_000, show_default=True,
+              help="Largest upload; bigger ones get HTTP 413.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+              show_default=True, help="Seconds a request body may stall before HTTP 408.")
+@click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Most uploads run through the model in one call.")
+def serve(model_dir, index, index_workdir, host, port, max_bytes, timeout, max_batch):
+    """Serve `curate check` as an HTTP API with an upload form, until Ctrl-C.
+
+    \b
+    Example: curate serve .curate/swift-wagonr/model --index swift-wagonr --port 8000
+             curl -F image=@car.jpg -F claimed_label=swift http://127.0.0.1:8000/check
+    POST /check, POST /check/batch, GET /health, GET /classes; the form at /, API docs at
+    /docs. The model is loaded once; uploads arriving together share one model call.
+    """
+    from training import serve as serve_step
+
+    try:
+        checker = load_checker(model_dir, index, index_workdir)
+    except EXPECTED_ERRORS as exc:
+        raise one_line(exc) from None
+    serve_step.serve(checker, host=host, port=port, max_bytes=max_bytes, timeout=timeout,
+                     max_batch=max_batch, announce=lambda text: click.echo(text, err=True))
+
+
 @main.command()
 @dataset_command
 @click.option("--hash", "kinds", default="phash,dhash", show_default=True,

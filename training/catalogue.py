@@ -1,0 +1,161 @@
+"""The catalogue index `curate check` and `curate serve` look re-used photos up in.
+
+Built from a dataset's manifest once `curate dedupe` has hashed it: the same perceptual hash
+columns (each hash, its mirror's and its inner crop's), the scan's sha256, path and label.
+An upload matches a catalogue photo by dedupe's own rule (every hash kind within its threshold
+as is, mirrored or against the other's inner crop; or the same bytes), searched with the
+Hamming index of curation/dedupe/hamming.py. Persisted as <workdir>/check_index.npz and rebuilt
+when the manifest changes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from curation.dedupe.grouping import alignments_for, hash_matches, thresholds_for
+from curation.dedupe.hamming import pairs_within
+from curation.dedupe.hashing import KINDS, hash_columns, to_uint64
+from curation.errors import CurateError
+from curation.manifest import atomic_write, manifest_path, read_manifest
+
+INDEX_NAME = "check_index.npz"
+
+
+class IndexMissing(CurateError, FileNotFoundError):
+    """The catalogue's manifest has no perceptual hashes yet."""
+
+
+@dataclass
+class Catalogue:
+    """Hash arrays (column -> uint64, one entry per catalogue photo) with paths, labels, sha256."""
+
+    name: str
+    kinds: tuple[str, ...]
+    hashes: dict[str, np.ndarray]
+    paths: np.ndarray
+    labels: np.ndarray
+    sha256: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def thresholds(self) -> dict[str, int]:
+        return thresholds_for(self.kinds, None)
+
+    def match(self, queries: list[dict[str, str]], digests: list[str]) -> list[dict | None]:
+        """The closest catalogue photo each upload re-uses (or None): queries are the uploads'
+        hash columns (hex, as gray_hashes gives), digests their sha256."""
+        found: list[dict | None] = [None] * len(queries)
+        by_sha = {sha: k for k, sha in enumerate(self.sha256) if sha}
+        for q, digest in enumerate(digests):
+            if digest in by_sha:
+                found[q] = self._entry(by_sha[digest], "same bytes", 0)
+        pending = [q for q in range(len(queries)) if found[q] is None]
+        if not pending or not len(self):
+            return found
+        query_hashes = {c: to_uint64([queries[q][c] for q in pending]) for c in self.hashes}
+        qi, bj = self._candidates(query_hashes)
+        if not len(qi):
+            return found
+        combined = {c: np.concatenate([query_hashes[c], self.hashes[c]]) for c in self.hashes}
+        checked = hash_matches(qi, bj + len(pending), combined, self.thresholds,
+                               alignments_for(mirror=True))
+        hits = checked[checked["match"]].sort_values(["i", "distance", "j"])
+        for row in hits.drop_duplicates("i").itertuples(index=False):
+            found[pending[row.i]] = self._entry(row.j - len(pending), row.alignment, row.distance)
+        return found
+
+    def _candidates(self, queries: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(query, catalogue) pairs whose first-kind hashes are within its threshold in some
+        alignment: a superset of the matches, found by the Hamming search."""
+        kind = self.kinds[0]
+        radius = self.thresholds[kind]
+        n = len(queries[kind])
+        variants = [queries[kind], queries[kind + "_mirror"], queries[kind + "_inner"]]
+        q, b, _ = pairs_within(self.hashes[kind], radius, queries=np.concatenate(variants))
+        pairs = [q % n, b]
+        base_variants = np.concatenate([self.hashes[kind + "_mirror"], self.hashes[kind + "_inner"]])
+        q, b, _ = pairs_within(base_variants, radius, queries=queries[kind])
+        pairs = [np.concatenate([pairs[0], q]), np.concatenate([pairs[1], b % len(self)])]
+        codes = np.unique(pairs[0] * len(self) + pairs[1])
+        return codes // len(self), codes % len(self)
+
+    def _entry(self, k: int, how: str, distance: int) -> dict:
+        return {"path": str(self.paths[k]), "label": _text(self.labels[k]), "how": how,
+                "distance": int(distance)}
+
+
+def _text(value) -> str | None:
+    return None if value is None or value == "" or pd.isna(value) else str(value)
+
+
+def manifest_kinds(manifest: pd.DataFrame) -> tuple[str, ...]:
+    """The hash kinds whose three columns (plain, mirror, inner) the manifest holds, in
+    dedupe's default order first (phash, dhash, ...)."""
+    kinds = tuple(k for k in KINDS if set(hash_columns([k])) <= set(manifest.columns)
+                  and manifest[k].notna().any())
+    if not kinds:
+        raise IndexMissing("the catalogue's manifest has no perceptual hashes: run "
+                           "`curate dedupe DATASET` first")
+    return kinds
+
+
+def build_catalogue(manifest: pd.DataFrame, name: str = "") -> Catalogue:
+    """A Catalogue of every manifest row whose hashes are all present."""
+    kinds = manifest_kinds(manifest)
+    columns = hash_columns(kinds)
+    rows = manifest.dropna(subset=columns).reset_index(drop=True)
+    label = "split_label" if "split_label" in rows.columns else "label"
+    labels = rows[label] if label in rows.columns else pd.Series([None] * len(rows))
+    sha = rows["sha256"] if "sha256" in rows.columns else pd.Series([""] * len(rows))
+    return Catalogue(name=name, kinds=kinds, hashes={c: to_uint64(rows[c]) for c in columns},
+                     paths=rows["path"].astype(str).to_numpy(),
+                     labels=labels.astype(object).where(labels.notna(), "").astype(str).to_numpy(),
+                     sha256=sha.astype(object).where(sha.notna(), "").astype(str).to_numpy())
+
+
+def _stamp(workdir: Path) -> str:
+    """Identifies the manifest version an index was built from (size and mtime)."""
+    stat = os.stat(manifest_path(workdir))
+    return hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def save_catalogue(catalogue: Catalogue, path: Path, stamp: str) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, stamp=stamp, name=catalogue.name, kinds=np.array(catalogue.kinds),
+                     paths=catalogue.paths, labels=catalogue.labels, sha256=catalogue.sha256,
+                     **{f"hash_{c}": v for c, v in catalogue.hashes.items()})
+    atomic_write(path, write)
+
+
+def _read_saved(path: Path, stamp: str) -> Catalogue | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if str(data["stamp"]) != stamp:
+                return None
+            kinds = tuple(str(k) for k in data["kinds"])
+            return Catalogue(name=str(data["name"]), kinds=kinds,
+                             hashes={c: data[f"hash_{c}"] for c in hash_columns(kinds)},
+                             paths=data["paths"], labels=data["labels"], sha256=data["sha256"])
+    except (OSError, KeyError, ValueError):   # absent, or from another version: rebuild
+        return None
+
+
+def load_catalogue(workdir: Path, name: str = "") -> Catalogue:
+    """The workdir's catalogue index: the saved one while the manifest is unchanged, else
+    built from the manifest and saved."""
+    workdir = Path(workdir)
+    stamp = _stamp(workdir) if manifest_path(workdir).exists() else ""
+    saved = _read_saved(workdir / INDEX_NAME, stamp) if stamp else None
+    if saved is not None:
+        return saved
+    catalogue = build_catalogue(read_manifest(workdir, required=["path"]), name or workdir.name)
+    save_catalogue(catalogue, workdir / INDEX_NAME, stamp)
+    return catalogue
