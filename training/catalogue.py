@@ -112,12 +112,16 @@ def build_catalogue(manifest: pd.DataFrame, name: str = "") -> Catalogue:
     columns = hash_columns(kinds)
     rows = manifest.dropna(subset=columns).reset_index(drop=True)
     label = "split_label" if "split_label" in rows.columns else "label"
-    labels = rows[label] if label in rows.columns else pd.Series([None] * len(rows))
-    sha = rows["sha256"] if "sha256" in rows.columns else pd.Series([""] * len(rows))
+    labels = rows[label] if label in rows.columns else pd.Series([None] * len(rows), dtype=object)
+    sha = rows["sha256"] if "sha256" in rows.columns else pd.Series([None] * len(rows), dtype=object)
     return Catalogue(name=name, kinds=kinds, hashes={c: to_uint64(rows[c]) for c in columns},
-                     paths=rows["path"].astype(str).to_numpy(),
-                     labels=labels.astype(object).where(labels.notna(), "").astype(str).to_numpy(),
-                     sha256=sha.astype(object).where(sha.notna(), "").astype(str).to_numpy())
+                     paths=rows["path"].to_numpy(dtype=str), labels=_strings(labels),
+                     sha256=_strings(sha))
+
+
+def _strings(values: pd.Series) -> np.ndarray:
+    """A numpy str array (nulls as ''), which np.savez stores without pickle."""
+    return values.astype(object).where(values.notna(), "").to_numpy(dtype=str)
 
 
 def _stamp(workdir: Path) -> str:

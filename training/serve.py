@@ -84,6 +84,8 @@ class Batcher:
     async def start(self) -> None:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        await asyncio.get_running_loop().run_in_executor(
+            self.executor, self.checker.predictor.warm_up, self.max_batch)
         self.task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
