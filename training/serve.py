@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -193,9 +194,19 @@ def create_app(checker: Checker, *, max_bytes: int = MAX_BYTES, timeout: float =
 def serve(checker: Checker, *, host: str = "127.0.0.1", port: int = 8000,
           max_bytes: int = MAX_BYTES, timeout: float = BODY_TIMEOUT, max_batch: int = MAX_BATCH,
           announce=print) -> None:
-    """Run the API until Ctrl-C or SIGTERM."""
+    """Run the API until Ctrl-C or SIGTERM, which end it cleanly (exit status 0)."""
     app = create_app(checker, max_bytes=max_bytes, timeout=timeout, max_batch=max_batch)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
-                            timeout_keep_alive=5, limit_concurrency=256)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_keep_alive=5, limit_concurrency=256))
+
+    def stop(signum, frame):   # also the signal uvicorn raises again once it has shut down
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     announce(f"curate check API: http://{host}:{port}/  (docs at /docs; Ctrl-C stops)")
-    uvicorn.Server(config).run()
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    announce("curate check API stopped.")
