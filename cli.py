@@ -519,6 +519,10 @@ def model_folder(model_dir: Path) -> Path:
 
 def check_options(func):
     """MODEL_DIR and the catalogue options shared by `check` and `serve`."""
+    func = click.option("--index-threshold", type=click.IntRange(0, 64),
+                        help="Hamming bits every hash may differ by (default: dedupe's, "
+                             "8 for phash+dhash; 10 finds more cropped copies, see "
+                             "docs/check.md).")(func)
     func = click.option("--index-workdir", type=click.Path(file_okay=False, path_type=Path),
                         help="Workdir of the --index dataset (default: .curate/<dataset>/).")(func)
     func = click.option("--index", "index", metavar="DATASET",
@@ -528,7 +532,8 @@ def check_options(func):
                                                        path_type=Path))(func)
 
 
-def load_checker(model_dir: Path, index: str | None, index_workdir: Path | None):
+def load_checker(model_dir: Path, index: str | None, index_workdir: Path | None,
+                 index_threshold: int | None):
     """The model (and catalogue) behind `check` and `serve`, loaded once."""
     from training.catalogue import load_catalogue
     from training.check import Checker
@@ -536,7 +541,8 @@ def load_checker(model_dir: Path, index: str | None, index_workdir: Path | None)
     catalogue = None
     if index is not None:
         config = resolve_dataset(index, click.get_current_context().obj["config_path"])
-        catalogue = load_catalogue(index_workdir or config.default_workdir(), config.name)
+        catalogue = load_catalogue(index_workdir or config.default_workdir(), config.name,
+                                   index_threshold)
     try:
         return Checker(model_folder(model_dir), catalogue=catalogue)
     except FileNotFoundError as exc:
@@ -553,7 +559,8 @@ def load_checker(model_dir: Path, index: str | None, index_workdir: Path | None)
               help="Also write every verdict to this file (.csv or .json).")
 @click.option("--top-k", "-k", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the verdicts as JSON.")
-def check(model_dir, index, index_workdir, images, claimed, claims, out, top_k, as_json):
+def check(model_dir, index, index_workdir, index_threshold, images, claimed, claims, out, top_k,
+          as_json):
     """Tell whether listing photos show the claimed model, are not a car, or re-use a photo.
 
     \b
@@ -567,8 +574,8 @@ def check(model_dir, index, index_workdir, images, claimed, claims, out, top_k, 
 
     try:
         pairs = claims_step.read_claims(images, claimed, claims)
-        report = claims_step.check_files(load_checker(model_dir, index, index_workdir), pairs,
-                                         out=out, k=top_k)
+        checker = load_checker(model_dir, index, index_workdir, index_threshold)
+        report = claims_step.check_files(checker, pairs, out=out, k=top_k)
     except EXPECTED_ERRORS as exc:
         raise one_line(exc) from None
     emit(report, claims_step.describe, as_json)
@@ -585,7 +592,8 @@ def check(model_dir, index, index_workdir, images, claimed, claims, out, top_k, 
               show_default=True, help="Seconds a request body may stall before HTTP 408.")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Most uploads run through the model in one call.")
-def serve(model_dir, index, index_workdir, host, port, max_bytes, timeout, max_batch):
+def serve(model_dir, index, index_workdir, index_threshold, host, port, max_bytes, timeout,
+          max_batch):
     """Serve `curate check` as an HTTP API with an upload form, until Ctrl-C.
 
     \b
@@ -597,7 +605,7 @@ def serve(model_dir, index, index_workdir, host, port, max_bytes, timeout, max_b
     from training import serve as serve_step
 
     try:
-        checker = load_checker(model_dir, index, index_workdir)
+        checker = load_checker(model_dir, index, index_workdir, index_threshold)
     except EXPECTED_ERRORS as exc:
         raise one_line(exc) from None
     serve_step.serve(checker, host=host, port=port, max_bytes=max_bytes, timeout=timeout,

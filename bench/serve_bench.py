@@ -116,6 +116,18 @@ def reused(checker: Checker, catalogue_rows: pd.DataFrame, test_rows: pd.DataFra
                 [r["verdict"] == "duplicate" for r in fresh_results])), 4)}
 
 
+def model_only_rate(checker: Checker, payloads: list, batch: int = 4, seconds: float = 10.0) -> float:
+    """Photos/s of the model alone (decoded pixels, flip-averaged, batches of `batch`) in this
+    process: the ceiling the server's rate is compared with under the same machine load."""
+    pixels = np.stack([checker.read("p", data).pixels for data, _ in payloads[:batch]])
+    checker.predictor.warm_up(batch)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        checker.predictor.scores_in_memory(pixels)
+        done += batch
+    return round(done / (time.perf_counter() - started), 1)
+
+
 def load_test(model_dir: Path, index: str, index_workdir: Path, payloads: list, *,
               requests: int, clients: int, timeout: float) -> dict:
     """Start `curate serve`, send `requests` checks from `clients` threads, probe bad inputs."""
@@ -211,8 +223,10 @@ def main() -> None:
     if not args.no_load:
         payloads = [((config.root / p).read_bytes(), label)
                     for p, label in zip(test_rows["path"], test_rows["label"])]
+        model_rate = model_only_rate(checker, payloads)
         out["load"] = load_test(args.workdir / "model", args.dataset, args.workdir, payloads,
                                 requests=args.requests, clients=args.clients, timeout=args.timeout)
+        out["load"]["model_only_photos_per_second"] = model_rate
     out["met"] = {
         "wrong_model_recall": out["swapped_claims"]["draw"]["wrong_model_recall"] >= 0.9,
         "wrong_model_false_alarm": out["swapped_claims"]["draw"]["wrong_model_false_alarm"] <= 0.02,

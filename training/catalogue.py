@@ -40,13 +40,14 @@ class Catalogue:
     paths: np.ndarray
     labels: np.ndarray
     sha256: np.ndarray
+    threshold: int | None = None   # bits for every kind; None: dedupe's measured defaults
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def thresholds(self) -> dict[str, int]:
-        return thresholds_for(self.kinds, None)
+        return thresholds_for(self.kinds, self.threshold)
 
     def match(self, queries: list[dict[str, str]], digests: list[str]) -> list[dict | None]:
         """The closest catalogue photo each upload re-uses (or None): queries are the uploads'
@@ -152,14 +153,16 @@ def _read_saved(path: Path, stamp: str) -> Catalogue | None:
         return None
 
 
-def load_catalogue(workdir: Path, name: str = "") -> Catalogue:
+def load_catalogue(workdir: Path, name: str = "", threshold: int | None = None) -> Catalogue:
     """The workdir's catalogue index: the saved one while the manifest is unchanged, else
-    built from the manifest and saved."""
+    built from the manifest and saved. threshold: Hamming bits for every hash kind (default:
+    dedupe's measured ones)."""
     workdir = Path(workdir)
     stamp = _stamp(workdir) if manifest_path(workdir).exists() else ""
-    saved = _read_saved(workdir / INDEX_NAME, stamp) if stamp else None
-    if saved is not None:
-        return saved
-    catalogue = build_catalogue(read_manifest(workdir, required=["path"]), name or workdir.name)
-    save_catalogue(catalogue, workdir / INDEX_NAME, stamp)
+    catalogue = _read_saved(workdir / INDEX_NAME, stamp) if stamp else None
+    if catalogue is None:
+        catalogue = build_catalogue(read_manifest(workdir, required=["path"]),
+                                    name or workdir.name)
+        save_catalogue(catalogue, workdir / INDEX_NAME, stamp)
+    catalogue.threshold = threshold
     return catalogue
