@@ -567,7 +567,7 @@ def check(model_dir, index, index_workdir, index_threshold, images, claimed, cla
     Example: curate check .curate/swift-wagonr/model car1.jpg car2.jpg --claimed swift
              curate check .curate/stanford-cars-25 --claims claims.csv --index stanford-cars-25
     Verdicts, first that applies: unreadable, not_a_car, duplicate (re-uses a photo of the
-    --index catalogue), wrong_model (confidently another class; at most 2 % of correctly
+    --index catalogue), wrong_model (confidently another class; at most 1 % of correctly
     labelled val photos get it), unsure, ok. Thresholds are calibrated on val.
     """
     from training import claims as claims_step

@@ -4,7 +4,7 @@ Verdicts, first that applies: `unreadable` (with the reason), `not_a_car` (embed
 predict's calibrated distance), `duplicate` (re-uses a catalogue photo, see catalogue.py),
 `wrong_model` (the model is confident it shows another class), `unsure` (top probability
 below predict's calibrated floor), `ok`. The wrong-model rule is calibrated on the val split so
-that at most MAX_FALSE_ALARM of correctly labelled val photos are called wrong_model.
+that at most MAX_FALSE_ALARM (1 %) of correctly labelled val photos are called wrong_model.
 Uploads are decoded from bytes in memory; nothing is written per photo.
 """
 from __future__ import annotations
@@ -26,7 +26,10 @@ from .data import encode_labels, load_pixels, pixel_cache_dir, split_rows
 from .predict import Predictor, top_k
 
 VERDICTS = ("unreadable", "not_a_car", "duplicate", "wrong_model", "unsure", "ok")
-MAX_FALSE_ALARM = 0.02
+# Share of correctly labelled val photos the rule may call wrong_model: half the 2 % budget,
+# because val also picked the training epoch and so flatters the model on new photos
+# (stanford-cars-25: val accuracy 0.92, test 0.86; false alarms on test ran ~3x val's).
+MAX_FALSE_ALARM = 0.01
 _FLOOR = 1e-12
 
 
