@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +50,17 @@ class Catalogue:
     def thresholds(self) -> dict[str, int]:
         return thresholds_for(self.kinds, self.threshold)
 
+    @cached_property
+    def _by_sha(self) -> dict[str, int]:
+        return {sha: k for k, sha in enumerate(self.sha256) if sha}
+
     def match(self, queries: list[dict[str, str]], digests: list[str]) -> list[dict | None]:
         """The closest catalogue photo each upload re-uses (or None): queries are the uploads'
         hash columns (hex, as gray_hashes gives), digests their sha256."""
         found: list[dict | None] = [None] * len(queries)
-        by_sha = {sha: k for k, sha in enumerate(self.sha256) if sha}
         for q, digest in enumerate(digests):
-            if digest in by_sha:
-                found[q] = self._entry(by_sha[digest], "same bytes", 0)
+            if digest in self._by_sha:
+                found[q] = self._entry(self._by_sha[digest], "same bytes", 0)
         pending = [q for q in range(len(queries)) if found[q] is None]
         if not pending or not len(self):
             return found
