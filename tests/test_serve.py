@@ -179,6 +179,28 @@ def test_api_answers_batches_and_survives_every_bad_input(model_dir, photos, mon
     assert spilled == []     # no upload went to a temporary file
 
 
+def test_a_model_without_the_rule_is_calibrated_on_its_workdirs_val_split(model_dir, tmp_path):
+    from curation.config import DatasetConfig
+    from curation.manifest import read_manifest, write_manifest
+    from curation.scan.step import scan
+
+    root = tmp_path / "data"
+    for i in range(6):
+        (root / CLASSES[i % 2]).mkdir(parents=True, exist_ok=True)
+        synthetic_photo(70 + i).save(root / CLASSES[i % 2] / f"{i}.jpg")
+    workdir = tmp_path / "work"
+    scan(DatasetConfig(name="tiny", root=root), workdir, workers=1, quiet=True)
+    write_manifest(read_manifest(workdir).assign(split="val"), workdir)
+    shutil.copytree(model_dir, workdir / "model")
+    ood = workdir / "model" / "ood.json"
+    ood.write_text(json.dumps({k: v for k, v in json.loads(ood.read_text()).items()
+                               if k != "wrong_model"}))
+    checker = Checker(workdir / "model", root=root)
+    assert checker.rule["val_images"] == 6 and checker.rule["val_false_alarm"] <= 0.01
+    assert json.loads(ood.read_text())["wrong_model"] == checker.rule      # kept for next time
+    assert Checker(workdir / "model").rule == checker.rule
+
+
 # ---- the upload form in headless Chromium, driven over the DevTools pipe -------------------------
 
 class DevTools:
