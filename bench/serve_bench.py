@@ -89,7 +89,8 @@ def _share(mask: np.ndarray) -> float | None:
 
 def non_car(checker: Checker, folder: Path, rng) -> dict:
     paths = image_files(folder)
-    results = check_files(checker, [(p, str(rng.choice(checker.classes))) for p in paths])["results"]
+    claims = [(p, str(rng.choice(checker.classes))) for p in paths]
+    results = check_files(checker, claims)["results"]
     return {"photos": len(paths), "not_a_car_recall": round(float(np.mean(
         [r["verdict"] == "not_a_car" for r in results])), 4), "verdicts": verdict_counts(results)}
 
@@ -116,7 +117,8 @@ def reused(checker: Checker, catalogue_rows: pd.DataFrame, test_rows: pd.DataFra
                 [r["verdict"] == "duplicate" for r in fresh_results])), 4)}
 
 
-def model_only_rate(checker: Checker, payloads: list, batch: int = 4, seconds: float = 10.0) -> float:
+def model_only_rate(checker: Checker, payloads: list, batch: int = 4,
+                    seconds: float = 10.0) -> float:
     """Photos/s of the model alone (decoded pixels, flip-averaged, batches of `batch`) in this
     process: the ceiling the server's rate is compared with under the same machine load."""
     pixels = np.stack([checker.read("p", data).pixels for data, _ in payloads[:batch]])

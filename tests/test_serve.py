@@ -111,7 +111,8 @@ def test_api_answers_batches_and_survives_every_bad_input(model_dir, photos, mon
     photo = (photos / "0.jpg").read_bytes()
     spilled = []
     real = tempfile.TemporaryFile
-    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: spilled.append(1) or real(*a, **k))
+    monkeypatch.setattr(tempfile, "TemporaryFile",
+                        lambda *a, **k: spilled.append(1) or real(*a, **k))
     with running(create_app(checker, max_bytes=MAX_BYTES, timeout=1.0, max_batch=8)) as url, \
             httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/classes").json() == {"classes": CLASSES}
@@ -129,8 +130,8 @@ def test_api_answers_batches_and_survives_every_bad_input(model_dir, photos, mon
         answer = client.post("/check", files={"image": ("copy.jpg", mirrored)},
                              data={"claimed_label": "blue_disc"}).json()
         assert answer["verdict"] == "duplicate", answer
-        assert answer["duplicate_of"] == {"path": "1.jpg", "label": "blue_disc",
-                                          "how": "mirrored", "distance": answer["duplicate_of"]["distance"]}
+        match = answer["duplicate_of"]
+        assert (match["path"], match["label"], match["how"]) == ("1.jpg", "blue_disc", "mirrored")
 
         noise = np.random.default_rng(0).integers(0, 255, (700, 800, 3), dtype=np.uint8)
         buffer = io.BytesIO()

@@ -85,7 +85,8 @@ class Catalogue:
         variants = [queries[kind], queries[kind + "_mirror"], queries[kind + "_inner"]]
         q, b, _ = pairs_within(self.hashes[kind], radius, queries=np.concatenate(variants))
         pairs = [q % n, b]
-        base_variants = np.concatenate([self.hashes[kind + "_mirror"], self.hashes[kind + "_inner"]])
+        base_variants = np.concatenate([self.hashes[kind + "_mirror"],
+                                        self.hashes[kind + "_inner"]])
         q, b, _ = pairs_within(base_variants, radius, queries=queries[kind])
         pairs = [np.concatenate([pairs[0], q]), np.concatenate([pairs[1], b % len(self)])]
         codes = np.unique(pairs[0] * len(self) + pairs[1])
@@ -117,8 +118,9 @@ def build_catalogue(manifest: pd.DataFrame, name: str = "") -> Catalogue:
     columns = hash_columns(kinds)
     rows = manifest.dropna(subset=columns).reset_index(drop=True)
     label = "split_label" if "split_label" in rows.columns else "label"
-    labels = rows[label] if label in rows.columns else pd.Series([None] * len(rows), dtype=object)
-    sha = rows["sha256"] if "sha256" in rows.columns else pd.Series([None] * len(rows), dtype=object)
+    nothing = pd.Series([None] * len(rows), dtype=object)
+    labels = rows[label] if label in rows.columns else nothing
+    sha = rows["sha256"] if "sha256" in rows.columns else nothing
     return Catalogue(name=name, kinds=kinds, hashes={c: to_uint64(rows[c]) for c in columns},
                      paths=rows["path"].to_numpy(dtype=str), labels=_strings(labels),
                      sha256=_strings(sha))

@@ -51,7 +51,8 @@ class BodyGuard:
             try:
                 message = await asyncio.wait_for(receive(), self.timeout)
             except asyncio.TimeoutError:
-                raise HTTPException(408, f"the request body stalled for {self.timeout:g} s") from None
+                raise HTTPException(408, f"the request body stalled for {self.timeout:g} s"
+                                    ) from None
             if message["type"] == "http.request":
                 state["received"] += len(message.get("body", b""))
                 state["done"] = not message.get("more_body", False)
