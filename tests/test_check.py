@@ -124,6 +124,25 @@ def test_catalogue_finds_edited_copies_and_not_other_photos(tmp_path):
     assert found[0]["label"] == "b"
 
 
+def test_uneven_crops_are_found_by_the_cut_variants(tmp_path):
+    manifest, images = _catalogue_tree(tmp_path)
+    catalogue = build_catalogue(manifest, "cars")
+    found, plain = [], []
+    for i, image in enumerate(images):
+        width, height = image.size
+        cuts = [(0.02, 0.05, 0.05, 0.02), (0.05, 0.02, 0.02, 0.05)][i % 2]   # left top right bottom
+        cropped = image.crop((round(width * cuts[0]), round(height * cuts[1]),
+                              round(width * (1 - cuts[2])), round(height * (1 - cuts[3]))))
+        upload = read_upload(f"c{i}", _jpeg(cropped), 32, catalogue.kinds)
+        assert len(upload.crops) == 15
+        found.append(catalogue.match([upload.hashes], [upload.sha256], [upload.crops])[0])
+        plain.append(catalogue.match([upload.hashes], [upload.sha256])[0])
+    assert [f["path"] if f else None for f in found] == [f"{i}.jpg" for i in range(len(images))]
+    assert sum(p is None for p in plain) >= 1         # some need the variants
+    fresh = read_upload("new", _jpeg(synthetic_photo(999, (240, 180))), 32, catalogue.kinds)
+    assert catalogue.match([fresh.hashes], [fresh.sha256], [fresh.crops]) == [None]
+
+
 def test_catalogue_index_is_saved_and_rebuilt_when_the_manifest_changes(tmp_path):
     manifest, _ = _catalogue_tree(tmp_path, count=4)
     workdir = tmp_path / "work"

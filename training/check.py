@@ -21,7 +21,7 @@ from curation.dedupe.hashing import DECODE_MIN_SIDE, gray_hashes
 from curation.images import ImageError, load_array, load_gray
 from curation.manifest import atomic_write_json, read_manifest
 
-from .catalogue import Catalogue
+from .catalogue import Catalogue, crop_variants
 from .data import encode_labels, load_pixels, pixel_cache_dir, split_rows
 from .predict import Predictor, top_k
 
@@ -110,6 +110,7 @@ class Upload:
     name: str
     pixels: np.ndarray | None = None
     hashes: dict[str, str] = field(default_factory=dict)
+    crops: list[dict[str, str]] = field(default_factory=list)
     sha256: str = ""
     error: str | None = None
 
@@ -119,12 +120,15 @@ def read_upload(name: str, data: bytes, image_size: int, kinds=()) -> Upload:
     is searched, its perceptual hashes: the same small luma decode dedupe hashes."""
     try:
         pixels = load_array(data, image_size)
-        hashes = gray_hashes(load_gray(data, min_side=DECODE_MIN_SIDE), kinds) if kinds else {}
+        gray = load_gray(data, min_side=DECODE_MIN_SIDE) if kinds else None
     except ImageError as exc:
         return Upload(name, error=str(exc))
     except (OSError, ValueError) as exc:   # anything else PIL may raise on hostile bytes
         return Upload(name, error=f"unreadable: {exc}")
-    return Upload(name, pixels, hashes, hashlib.sha256(data).hexdigest())
+    if gray is None:
+        return Upload(name, pixels, sha256=hashlib.sha256(data).hexdigest())
+    return Upload(name, pixels, gray_hashes(gray, kinds), crop_variants(gray, kinds),
+                  hashlib.sha256(data).hexdigest())
 
 
 def val_rule(predictor: Predictor, workdir: Path, root: Path | None = None) -> dict:
@@ -179,7 +183,8 @@ class Checker:
             np.stack([uploads[i].pixels for i in good]))
         claimed = encode_labels([claimed_labels[i] for i in good], self.classes)
         matches = (self.catalogue.match([uploads[i].hashes for i in good],
-                                        [uploads[i].sha256 for i in good])
+                                        [uploads[i].sha256 for i in good],
+                                        [uploads[i].crops for i in good])
                    if self.catalogue is not None else [None] * len(good))
         verdicts = assign_verdicts(probs, distances, claimed, [m is not None for m in matches],
                                    self.predictor.calibration, self.rule)
