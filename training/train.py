@@ -13,16 +13,18 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import pandas as pd
 
 from curation.embed.backbones import resolve_weights
-from curation.config import (ConfigError, DatasetConfig, TrainingSettings, validate_backbone,
-                             validate_image_size)
-from curation.manifest import (ManifestMissing, atomic_write, atomic_write_json, read_manifest,
-                               record_run, workdir_lock)
+from curation.config import TrainingSettings
+from curation.errors import NotEnoughData
+from curation.manifest import atomic_write, atomic_write_json
+from curation.steps import Workdir
+from curation.vocabulary import MODEL_DIR
 
 from .check import calibrate_wrong_model
 from .data import (PixelBatches, class_weights, encode_labels, load_pixels, one_hot,
@@ -32,28 +34,8 @@ from .model import (accelerator, build_classifier, feature_model, head_model, sa
 from .plots import training_curves
 from .predict import calibrate, flip_averaged, write_calibration
 
-MODEL_DIR = "model"
-_RULES = {  # setting -> (check, what it must be)
-    "epochs": (lambda v: v >= 1, "at least 1"),
-    "fine_tune_epochs": (lambda v: v >= 0, "0 or more"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "learning_rate": (lambda v: v > 0, "positive"),
-    "fine_tune_learning_rate": (lambda v: v > 0, "positive"),
-    "fine_tune_layers": (lambda v: v >= 0, "0 or more"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "patience": (lambda v: v >= 1, "at least 1"),
-}
-
-
-def resolve_settings(base: TrainingSettings, overrides: dict) -> TrainingSettings:
-    """datasets.yaml's training settings with command-line values on top, each checked."""
-    settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    for key, (ok, expected) in _RULES.items():
-        if not ok(getattr(settings, key)):
-            raise ConfigError(f"training setting '{key}' must be {expected}, "
-                              f"got {getattr(settings, key)!r}")
-    return settings
+if TYPE_CHECKING:   # training.steps imports this module when a run starts
+    from .steps import TrainSettings
 
 
 def select_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:
@@ -62,10 +44,10 @@ def select_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:
     classes = sorted(rows.loc[rows["split"] == "train", "label"].unique())
     unknown = ~rows["label"].isin(classes)
     if len(classes) < 2:
-        raise ManifestMissing(f"the train split holds {len(classes)} class(es); need at least 2")
+        raise NotEnoughData(f"the train split holds {len(classes)} class(es); need at least 2")
     if not (rows["split"] == "val")[~unknown].any():
-        raise ManifestMissing("the val split is empty: training selects its best epoch on val; "
-                              "re-run `curate split` with a val ratio above 0")
+        raise NotEnoughData("the val split is empty: training selects its best epoch on val; "
+                            "re-run `curate split` with a val ratio above 0")
     return rows[~unknown].reset_index(drop=True), classes, int(unknown.sum())
 
 
@@ -223,61 +205,53 @@ def write_model_files(run: Run, model: keras.Model, history: pd.DataFrame, info:
     return calibration
 
 
-def train(config: DatasetConfig, workdir: Path, *, overrides: dict | None = None,
-          backbone: str | None = None, weights: str | None = None, image_size: int | None = None,
-          seed: int = 0, workers: int | None = None, quiet: bool = False) -> dict:
+def run(work: Workdir, settings: TrainSettings) -> dict:
     """Train <workdir>/model/model.keras on the train split, choosing epochs on val; returns the summary."""
-    started = time.time()
-    settings = resolve_settings(config.training, overrides or {})
-    backbone = validate_backbone(backbone or config.backbone)
-    weights = str(weights or config.weights)
-    size = validate_image_size(image_size or config.image_size)
+    recipe, size, seed, config, workdir = (settings.recipe(), settings.image_size, settings.seed,
+                                           work.config, work.path)
+    backbone, weights = settings.backbone, str(settings.weights)
     resolve_weights(backbone, weights)
-    workdir = Path(workdir)
-    with workdir_lock(workdir):
-        rows, classes, unknown = select_rows(read_manifest(workdir, required=["path", "label"]))
-        pixels, rows, failures = load_pixels(rows, config.root, size, pixel_cache_dir(workdir),
-                                             workers=workers, quiet=quiet)
-        keras.utils.set_random_seed(seed)
-        device = accelerator()
-        policy = use_mixed_precision(device)
-        y = encode_labels(rows["label"], classes)
-        masks = {split: (rows["split"] == split).to_numpy() for split in ("train", "val")}
-        run = Run(pixels, {s: rows["slot"].to_numpy()[m] for s, m in masks.items()},
-                  {s: y[m] for s, m in masks.items()}, classes, settings, workdir / MODEL_DIR,
-                  seed, _verbosity(quiet))
-        model = build_classifier(len(classes), backbone=backbone, weights=weights, image_size=size,
-                                 dropout=settings.dropout, augment=settings.augment, seed=seed)
-        head_history, keeper, embed_rate = head_phase(run, model)
-        save_classifier(model, run.model_dir / "model.keras")
-        best = {"phase": "head", "epoch": keeper.best_epoch + 1, "score": keeper.best}
-        tune_history, tuner, unfrozen = fine_tune_phase(run, model, keeper.best)
-        if tuner is not None and tuner.best_epoch is not None:
-            best = {"phase": "fine_tune", "epoch": tuner.best_epoch + 1, "score": tuner.best}
-        history = pd.concat([h for h in (head_history, tune_history) if h is not None],
-                            ignore_index=True)
-        info = {"classes": classes, "backbone": backbone, "weights": weights, "image_size": size,
-                "dataset": config.name, "seed": seed}
-        calibration = write_model_files(run, model, history, info)
-        fine = history[history["phase"] == "fine_tune"]
-        summary = {
-            "model_dir": str(run.model_dir), "classes": len(classes),
-            "train_images": len(run.slots["train"]), "val_images": len(run.slots["val"]),
-            "val_rows_with_unseen_class": unknown, "left_out": [f"{p}: {r}" for p, r in failures],
-            "best_phase": best["phase"], "best_epoch": best["epoch"],
-            "val_accuracy": round(best["score"][0], 4), "val_loss": round(-best["score"][1], 4),
-            "head_epochs": len(head_history), "fine_tune_epochs": len(fine),
-            "unfrozen_layers": unfrozen, "embed_images_per_second": round(embed_rate, 1),
-            "fine_tune_images_per_second": round(len(run.slots["train"]) * len(fine)
-                                                 / fine["train_seconds"].sum(), 1) if len(fine) else None,
-            "ood_distance_threshold": round(calibration["distance_threshold"], 4),
-            "min_confidence": round(calibration["min_confidence"], 4),
-            "backend": keras.backend.backend(), "device": device, "precision": policy,
-            "image_size": size, "backbone": backbone, "seconds": round(time.time() - started, 1),
-        }
-        run_settings = {**dataclasses.asdict(settings), "backbone": backbone, "weights": weights,
-                        "image_size": size, "seed": seed}
-        record_run(workdir, "train", settings=run_settings, summary=summary, started=started)
+    rows, classes, unknown = select_rows(work.read())
+    pixels, rows, failures = load_pixels(rows, config.root, size, pixel_cache_dir(workdir),
+                                         workers=settings.workers, quiet=work.quiet)
+    keras.utils.set_random_seed(seed)
+    device = accelerator()
+    policy = use_mixed_precision(device)
+    y = encode_labels(rows["label"], classes)
+    masks = {split: (rows["split"] == split).to_numpy() for split in ("train", "val")}
+    run = Run(pixels, {s: rows["slot"].to_numpy()[m] for s, m in masks.items()},
+              {s: y[m] for s, m in masks.items()}, classes, recipe, workdir / MODEL_DIR,
+              seed, _verbosity(work.quiet))
+    model = build_classifier(len(classes), backbone=backbone, weights=weights, image_size=size,
+                             dropout=recipe.dropout, augment=recipe.augment, seed=seed)
+    head_history, keeper, embed_rate = head_phase(run, model)
+    save_classifier(model, run.model_dir / "model.keras")
+    best = {"phase": "head", "epoch": keeper.best_epoch + 1, "score": keeper.best}
+    tune_history, tuner, unfrozen = fine_tune_phase(run, model, keeper.best)
+    if tuner is not None and tuner.best_epoch is not None:
+        best = {"phase": "fine_tune", "epoch": tuner.best_epoch + 1, "score": tuner.best}
+    history = pd.concat([h for h in (head_history, tune_history) if h is not None],
+                        ignore_index=True)
+    info = {"classes": classes, "backbone": backbone, "weights": weights, "image_size": size,
+            "dataset": config.name, "seed": seed}
+    calibration = write_model_files(run, model, history, info)
+    fine = history[history["phase"] == "fine_tune"]
+    summary = {
+        "model_dir": str(run.model_dir), "classes": len(classes),
+        "train_images": len(run.slots["train"]), "val_images": len(run.slots["val"]),
+        "val_rows_with_unseen_class": unknown, "left_out": [f"{p}: {r}" for p, r in failures],
+        "best_phase": best["phase"], "best_epoch": best["epoch"],
+        "val_accuracy": round(best["score"][0], 4), "val_loss": round(-best["score"][1], 4),
+        "head_epochs": len(head_history), "fine_tune_epochs": len(fine),
+        "unfrozen_layers": unfrozen, "embed_images_per_second": round(embed_rate, 1),
+        "fine_tune_images_per_second": round(len(run.slots["train"]) * len(fine)
+                                             / fine["train_seconds"].sum(), 1) if len(fine) else None,
+        "ood_distance_threshold": round(calibration["distance_threshold"], 4),
+        "min_confidence": round(calibration["min_confidence"], 4),
+        "backend": keras.backend.backend(), "device": device, "precision": policy,
+        "image_size": size, "backbone": backbone,
+        "seconds": round(time.time() - work.started, 1),
+    }
     return summary
 
 
