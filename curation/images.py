@@ -5,6 +5,7 @@ stores in the manifest's `error` column.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,21 +45,29 @@ class ImageInfo:
     height: int
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+Source = Path | str | bytes   # a file, or an upload's bytes decoded in memory (never written)
+
+
+def _head(source: Source, size: int) -> bytes:
+    if isinstance(source, bytes):
+        return source[:size]
+    with open(source, "rb") as handle:
+        return handle.read(size)
+
+
+def _open(source: Source, max_pixels: int) -> Image.Image:
     """Open (header only) and refuse empty files, non-images and decompression bombs."""
-    path = Path(path)
-    if path.stat().st_size == 0:
+    size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+    if size == 0:
         raise ImageError("empty file", "0 bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
     except Image.DecompressionBombError as exc:
         raise ImageError("too many pixels", str(exc)) from None
     except UnidentifiedImageError:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-        if head.startswith(_MAGIC):
+        if _head(source, 8).startswith(_MAGIC):
             raise ImageError("corrupt", "image signature but undecodable header") from None
         raise ImageError("not an image", "content is not a known image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -130,9 +139,10 @@ def probe(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     return ImageInfo(fmt, mode, width, height)
 
 
-def load_image(path: Path, *, max_side: int | None = None,
+def load_image(path: Source, *, max_side: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The image as upright RGB; with max_side, decoded and shrunk so its long side <= max_side."""
+    """The image (a file, or bytes) as upright RGB; with max_side, decoded and shrunk so its
+    long side <= max_side."""
     image = _open(path, max_pixels)
     with image:
         _decode(image, max_side)
@@ -142,7 +152,7 @@ def load_image(path: Path, *, max_side: int | None = None,
     return rgb
 
 
-def load_array(path: Path, size: int | tuple[int, int], *,
+def load_array(path: Source, size: int | tuple[int, int], *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 array (height, width, 3) resized to `size` (the whole frame, aspect not kept)."""
     height, width = (size, size) if isinstance(size, int) else size
@@ -150,7 +160,7 @@ def load_array(path: Path, size: int | tuple[int, int], *,
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def load_rgb(path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_rgb(path: Source, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 array (size, size, 3), the whole upright frame resized (aspect not kept), as
     load_array; what embeddings are computed from.
 
@@ -164,10 +174,10 @@ def load_rgb(path: str | Path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXEL
             resized = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize(
                 (size, size), Image.Resampling.BILINEAR)
             return np.asarray(resized, dtype=np.uint8)
-    return load_array(Path(path), size, max_pixels=max_pixels)
+    return load_array(path, size, max_pixels=max_pixels)
 
 
-def load_gray(path: str | Path, *, min_side: int = 32,
+def load_gray(path: Source, *, min_side: int = 32,
               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Upright grayscale uint8 array (height, width), decoded as small as keeps both sides
     >= min_side where the format allows it: what perceptual hashes are computed from.
@@ -181,12 +191,14 @@ def load_gray(path: str | Path, *, min_side: int = 32,
         pixels = _scaled_jpeg(data, "GRAY", min_side, max_pixels)
         if pixels is not None:
             return pixels[:, :, 0]
-    image = load_image(Path(path), max_side=4 * min_side, max_pixels=max_pixels)
+    image = load_image(path, max_side=4 * min_side, max_pixels=max_pixels)
     return np.asarray(image.convert("L"))
 
 
-def _jpeg_bytes(path: str | Path) -> bytes | None:
-    """The whole file when it is a JPEG; None (after reading 3 bytes) for anything else."""
+def _jpeg_bytes(path: Source) -> bytes | None:
+    """The whole file (or upload) when it is a JPEG; None (after reading 3 bytes) for anything else."""
+    if isinstance(path, bytes):
+        return path if path.startswith(_JPEG_SIGNATURE) else None
     with open(path, "rb") as handle:
         data = handle.read(len(_JPEG_SIGNATURE))
         return data + handle.read() if data == _JPEG_SIGNATURE else None
