@@ -24,7 +24,7 @@ import pandas as pd
 from curation.dedupe.evaluation import COMPOUND, pair_scores, plant, recall_by_transform
 from curation.dedupe.grouping import DEFAULT_KINDS, components, group_duplicates, thresholds_for
 from curation.dedupe.hashing import hash_columns, hash_files, pixel_digests, to_uint64
-from curation.embed.cache import embed_files
+from curation.embed.compute import EmbedSettings, embed_files
 
 FASTDUP_SWEEP = tuple(round(s, 2) for s in np.arange(0.80, 1.0, 0.01))
 
@@ -117,7 +117,8 @@ def ours(rows: pd.DataFrame, paths: list[str], planted: pd.DataFrame, classes: n
     started = time.perf_counter()
     hash_only = group_duplicates(rows, hashes, thresholds, pixel_digest=digest)
     group_seconds = time.perf_counter() - started
-    embedded = embed_files(paths, work, backbone="mobilenet_v2", weights="imagenet", quiet=True)
+    embedded = embed_files(paths, work, quiet=True, settings=EmbedSettings(
+        backbone="mobilenet_v2", weights="imagenet", image_size=224, tta=True, workers=workers))
     started = time.perf_counter()
     with_embeddings = group_duplicates(rows, hashes, thresholds, pixel_digest=digest,
                                        vectors=embedded.vectors)

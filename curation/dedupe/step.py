@@ -24,7 +24,7 @@ from curation.leaks import describe_leaks, leak_report
 from curation.manifest import DEDUPE_COLUMNS, file_identity, unchanged_rows
 from curation.settings import setting
 from curation.sheets import contact_sheet
-from curation.steps import Step, Workdir, run_step
+from curation.steps import Step, Workdir, resolve_settings, run_step
 
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
                 "dup_distance": "Int64", "dup_reason": "string", "dup_keeper_reason": "string",
@@ -198,32 +198,31 @@ def run(work: Workdir, settings: Settings) -> dict:
 
 def embeddings_for(work: Workdir, rows: pd.DataFrame,
                    settings: Settings) -> tuple[np.ndarray | None, dict]:
-    """Flip-invariant embeddings aligned with rows (image + mirror averaged, from the per-file
-    cache flag-noise shares, embedding only what it lacks; one per content), or None for the
-    hash-only mode, with what happened: used, why not, computed, reused, cache file."""
+    """Flip-invariant embeddings aligned with rows (image + mirror averaged), through the embed
+    step's cache (the last embed run's backbone and weights, else datasets.yaml's; only what the
+    cache lacks is embedded), or None for the hash-only mode; with what happened."""
     from curation.embed.backbones import resolve_weights
-    from curation.embed.cache import embed_files
+    from curation.embed.step import STEP as EMBED, ensure_embeddings
 
     if settings.embeddings == "off":
         return None, {"used": False, "reason": "--embeddings off"}
-    backbone, weights = work.config.backbone, work.config.weights
-    resolved = resolve_weights(backbone, weights)
+    last = work.last(EMBED.name)
+    chosen = {k: last[k] for k in ("backbone", "weights", "image_size", "engine", "seed")
+              if last.get(k) is not None}
+    embed_settings = resolve_settings(EMBED, work.config, {**chosen, "tta": True})
+    resolved = resolve_weights(embed_settings.backbone, embed_settings.weights)
     if resolved is None:
         return None, {"used": False, "reason": "weights none (random features find nothing)"}
     if resolved == "imagenet" and settings.embeddings == "auto":
         return None, {"used": False, "reason": "no backbone weights on disk: set $CURATE_WEIGHTS "
                       "or a weights file in datasets.yaml, or --embeddings on to download "
                       "ImageNet's"}
-    unique = rows.drop_duplicates("sha256")
-    run = embed_files(unique["path"].tolist(), work.path.resolve(), root=work.root,
-                      backbone=backbone, weights=weights, image_size=work.config.image_size,
-                      tta=True, quiet=work.quiet)
-    by_content = pd.DataFrame(run.vectors, index=unique["sha256"].to_numpy())
-    vectors = by_content.loc[rows["sha256"]].to_numpy(np.float32)
-    return vectors, {"used": True, "backbone": backbone, "computed": run.computed,
-                     "reused": run.reused, "failed": len(run.failed),
-                     "seconds": round(run.seconds, 2), "cache_file": str(run.cache_file),
-                     "min_cosine": MIN_COSINE, "confirm_bits": CONFIRM_BITS}
+    run = ensure_embeddings(work, rows, embed_settings)
+    return run.vectors, {"used": True, "backbone": embed_settings.backbone,
+                         "computed": run.computed, "reused": run.reused,
+                         "failed": len(run.failed), "seconds": round(run.seconds, 2),
+                         "cache_file": str(run.cache_file), "min_cosine": MIN_COSINE,
+                         "confirm_bits": CONFIRM_BITS}
 
 
 def dedupe(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
