@@ -61,25 +61,28 @@ def split_chains(labels: np.ndarray, order: np.ndarray, edges: np.ndarray,
 def _greedy_pieces(members: np.ndarray, edges: np.ndarray, pairs, compatible) -> list[list[int]]:
     """Pieces of one chained group: from the best remaining member, take in (best first, until
     none is left to take) each member joined to the piece by a confirmed pair and compatible
-    with everyone already in it."""
-    inside = set(members.tolist())
-    ok = {(a, b) for a, b, c in zip(*pairs, compatible) if c and a in inside}
-    neighbours: dict[int, set] = {m: set() for m in inside}
-    for a, b in edges.T.tolist():
-        if a in inside and b in inside:
-            neighbours[a].add(b)
-            neighbours[b].add(a)
-    left, pieces = members.tolist(), []
-    while left:
-        piece = [left[0]]
+    with everyone already in it. members: rows in preference order."""
+    k = len(members)
+    position = pd.Series(np.arange(k), index=members)
+    ok = np.eye(k, dtype=bool)
+    i, j = pairs
+    inside = np.isin(i, members) & np.isin(j, members) & compatible
+    a, b = position[i[inside]].to_numpy(), position[j[inside]].to_numpy()
+    ok[a, b] = ok[b, a] = True
+    joined = np.zeros((k, k), dtype=bool)
+    inside = np.isin(edges[0], members) & np.isin(edges[1], members)
+    a, b = position[edges[0][inside]].to_numpy(), position[edges[1][inside]].to_numpy()
+    joined[a, b] = joined[b, a] = True
+    left, pieces = np.ones(k, dtype=bool), []
+    while left.any():
+        piece = np.zeros(k, dtype=bool)
+        piece[np.argmax(left)] = True
         grew = True
         while grew:
             grew = False
-            for m in left:
-                if (m not in piece and neighbours[m].intersection(piece)
-                        and all((min(m, p), max(m, p)) in ok for p in piece)):
-                    piece.append(m)
-                    grew = True
-        pieces.append(piece)
-        left = [m for m in left if m not in piece]
+            for m in np.flatnonzero(left & ~piece & joined[piece].any(axis=0)):
+                if ok[m, piece].all():
+                    piece[m] = grew = True
+        pieces.append(members[piece].tolist())
+        left &= ~piece
     return pieces
