@@ -267,7 +267,8 @@ def _describe_embeddings(embedding: dict) -> str:
         return (f"hash-only (no embedding stage: {embedding['reason']}); copies edited several "
                 f"ways at once (mirrored and cropped and re-saved) may be missed")
     return (f"embedding stage: {embedding['backbone']}, cosine >= {embedding['min_cosine']} "
-            f"confirmed by hashes within {embedding['confirm_bits']} bits; embedded "
+            f"confirmed by hashes within {embedding['confirm_bits']} bits (>= "
+            f"{EMBEDDED_GROUP_COSINE} within {EMBEDDED_GROUP_BITS}); embedded "
             f"{embedding['computed']}, reused {embedding['reused']} from the cache")
 
 
