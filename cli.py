@@ -19,6 +19,7 @@ from curation.errors import Interrupted
 from curation.lifecycle import interrupt_exit_code
 from curation.safety import CurateGroup, one_line
 from curation.registry import REVIEW
+from curation.report import step as report_step
 from curation.steps import Step, run_step
 
 WORKDIR_HELP = "Where results go (default: .curate/<dataset name>/)."
@@ -71,20 +72,35 @@ def dataset_command(func):
     return wrapper
 
 
-def step_command(step: Step):
-    """`curate <step>`: its Settings as options and its help, run through the Step protocol."""
+def step_command(step: Step, outcome=None):
+    """`curate <step>`: its Settings as options and its help, run through the Step protocol;
+    outcome(command) may wrap the command (check-leaks: exit 1 on leaks)."""
 
     def command(config, workdir, quiet, **settings):
         return run_step(step, config, workdir, quiet=quiet, **settings), step.describe
 
     command.__doc__ = step.help
-    return main.command(step.name)(dataset_command(step_options(step)(command)))
+    generated = dataset_command(step_options(step)(command))
+    return main.command(step.name)(outcome(generated) if outcome else generated)
+
+
+def exit_1_on_leaks(command):
+    """Exit with status 1 after printing when the returned report lists leaking groups."""
+
+    @functools.wraps(command)
+    def checked(*args, **kwargs):
+        report = command(*args, **kwargs)
+        if report["leaking_groups"]:
+            click.get_current_context().exit(1)
+        return report
+
+    return checked
 
 
 for _step in registry.PIPELINE:
     step_command(_step)
-
-
+step_command(registry.CHECK_LEAKS, exit_1_on_leaks)
+step_command(report_step.STEP)
 
 
 @main.command()
@@ -105,37 +121,6 @@ def datasets(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{mark} {row['name']:<20} {row['root']}  ({row['layout']})")
     if not all(r["found"] for r in rows):
         click.echo("Relative roots resolve against $CURATE_DATA; set it to the data folder.")
-
-
-def exit_1_on_leaks(command):
-    """Exit with status 1 after printing when the returned report lists leaking groups."""
-
-    @functools.wraps(command)
-    def checked(*args, **kwargs):
-        report = command(*args, **kwargs)
-        if report["leaking_groups"]:
-            click.get_current_context().exit(1)
-        return report
-
-    return checked
-
-
-@main.command("check-leaks")
-@exit_1_on_leaks
-@dataset_command
-@click.option("--column", help="Split column to check (default: split if present, else "
-              "given_split).")
-def check_leaks(config, workdir: Path, quiet: bool, column):
-    """Exit 1 and list the duplicate groups whose images sit in more than one split.
-
-    \b
-    Example: curate check-leaks swift-wagonr --column given_split
-             curate check-leaks stanford-cars-25 --json
-    Groups come from `curate dedupe` (else byte-identical files); excluded images never leak.
-    """
-    from curation import leaks
-
-    return leaks.check_leaks(workdir, column), leaks.describe_check
 
 
 def _command_line(ctx: click.Context) -> str:
@@ -207,24 +192,6 @@ def run(config, workdir: Path, quiet: bool, until, from_step, no_report, **optio
     summary = _pipeline(config, workdir, quiet, until=until, from_step=from_step,
                         settings=run_settings(registry.PIPELINE, options), report=not no_report)
     return summary, pipeline.describe
-
-
-@main.command()
-@dataset_command
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the HTML (default: <workdir>/report.html).")
-def report(config, workdir: Path, quiet: bool, out):
-    """Write one self-contained HTML page: health, duplicates and leaks, noise, splits, model.
-
-    \b
-    Example: curate report stanford-cars-25
-             curate report swift-wagonr --out ~/swift-report.html
-    Thumbnails and plots are embedded, so the file can be sent on its own. Sections whose
-    step has not run say which command fills them.
-    """
-    from curation.report import step as report_step
-
-    return report_step.build_report(config, workdir, out=out), report_step.describe
 
 
 @main.command()

@@ -14,6 +14,7 @@ from curation import pipeline, registry
 from curation.demo import synthetic
 from curation.config import ConfigError, DatasetConfig, TrainingSettings
 from curation.manifest import read_manifest
+from curation.report.truth import score
 from curation.settings import SettingError
 from curation.steps import fingerprint
 
@@ -65,7 +66,7 @@ def test_first_run_does_each_step_once_in_order(journey):
 
 def test_pipeline_finds_what_was_planted(journey):
     manifest = read_manifest(journey["workdir"])
-    found = synthetic.score(manifest, journey["truth"])
+    found = score(manifest, journey["truth"])
     assert found["exact_duplicates_found"]["rate"] == 1.0
     assert found["near_duplicates_found"]["rate"] >= 0.8
     assert found["false_duplicate_groups"] == 0
