@@ -1,4 +1,4 @@
-"""Duplicate groups that cross splits: the leak rule shared by split, check-leaks, dedupe and report.
+"""Duplicate groups that cross splits: the leak rule of split, check-leaks, dedupe and report.
 
 Generic over the split column (`split`, `given_split`, ...): a group leaks when its members sit in
 more than one used split; `excluded` and empty cells are not used, so they never leak.

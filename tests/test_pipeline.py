@@ -130,8 +130,10 @@ def test_failing_step_stops_with_its_name_and_resumes(tmp_path):
     assert "step 'flag-noise' failed" in result.output and "missing.h5" in result.output
     assert "resumes at 'flag-noise'" in result.output and "Traceback" not in result.output
     recorded = {path.stem for path in (workdir / "runs").glob("*.json")}
-    assert recorded == {"scan", "dedupe"}
+    assert recorded == {"scan", "dedupe", "report"}     # flag-noise recorded nothing
     assert (workdir / "report.html").is_file()          # the partial report
+    waiting = json.loads((workdir / "runs" / "report.json").read_text())["summary"]
+    assert waiting["waiting_for"][:1] == ["flag-noise"]
     result = CliRunner().invoke(main, [*args, "--weights", weights(), "--json", "-q"])
     assert result.exit_code == 0, result.output
     assert statuses(json.loads(result.output)) == {"scan": "ran", "dedupe": "skipped",

@@ -329,7 +329,8 @@ def test_swift_wagonr_given_split_leaks_and_a_fresh_split_does_not(curate_data, 
     assert any(byte_copy <= {p for paths in g["splits"].values() for p in paths} for g in given["groups"])
 
     fresh = split(config, work, quiet=True)
-    assert fresh["leaks"]["leaking_groups"] == 0 and check_leaks(config, work)["leaking_groups"] == 0
+    assert fresh["leaks"]["leaking_groups"] == 0
+    assert check_leaks(config, work)["leaking_groups"] == 0
     assert fresh["given_leaks"]["leaking_groups"] == given["leaking_groups"]
     assert fresh["max_deviation"] < 1 and fresh["excluded_by"]["duplicate"] > 0
     whole = split(config, work, keep_duplicates=True, reshuffle=True, quiet=True)

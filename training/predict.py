@@ -35,7 +35,7 @@ def class_means(features: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarr
 
 def ood_distance(features: np.ndarray, means: np.ndarray) -> np.ndarray:
     """Cosine distance from each embedding to its nearest class mean (0 = on a mean, 2 = opposite):
-    flag-noise's distance rule (vocabulary.centre_distance), with centres from clean train labels."""
+    flag-noise's distance rule (vocabulary.centre_distance), centres from clean train labels."""
     return centre_distance(unit_rows(features), means)
 
 

@@ -19,7 +19,7 @@ THUMB = 112
 
 @dataclass
 class Context:
-    """What every section reads: the manifest, the dataset root, the workdir and the step records."""
+    """What every section reads: the manifest, the dataset root, the workdir, the step records."""
 
     config: DatasetConfig
     workdir: Path

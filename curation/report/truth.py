@@ -47,13 +47,15 @@ def score(manifest: pd.DataFrame, truth: dict) -> dict:
     if "dup_group" in frame.columns:
         group = frame["dup_group"]
         for kind in ("exact_duplicates", "near_duplicates"):
-            pairs = [(d["path"], d["of"]) for d in truth[kind] if {d["path"], d["of"]} <= set(frame.index)]
+            pairs = [(d["path"], d["of"]) for d in truth[kind]
+                     if {d["path"], d["of"]} <= set(frame.index)]
             found = sum(pd.notna(group[a]) and group[a] == group[b] for a, b in pairs)
             result[f"{kind}_found"] = _ratio(found, len(pairs))
         source = {d["path"]: d["of"] for kind in ("exact_duplicates", "near_duplicates")
                   for d in truth[kind]}
         members = frame[group.notna()].assign(source=lambda f: [source.get(p, p) for p in f.index])
-        result["false_duplicate_groups"] = int((members.groupby("dup_group")["source"].nunique() > 1).sum())
+        sources = members.groupby("dup_group")["source"].nunique()
+        result["false_duplicate_groups"] = int((sources > 1).sum())
     if "noise_flag" in frame.columns:
         flagged = frame["noise_flag"].fillna(False).astype(bool)
         planted = {"mislabels": "mislabel", "off_topic": "non_car"}
@@ -62,13 +64,15 @@ def score(manifest: pd.DataFrame, truth: dict) -> dict:
             paths = [d["path"] for d in truth[kind] if d["path"] in frame.index]
             noise_paths.update(paths)
             result[f"{kind}_flagged"] = _ratio(int(flagged[paths].sum()), len(paths))
-            result[f"{kind}_reason_right"] = _ratio(int((frame.loc[paths, "noise_reason"] == reason).sum()),
-                                                    len(paths))
+            right = int((frame.loc[paths, "noise_reason"] == reason).sum())
+            result[f"{kind}_reason_right"] = _ratio(right, len(paths))
         result["noise_flags"] = int(flagged.sum())
-        result["noise_precision"] = _ratio(len(noise_paths & set(frame.index[flagged])), int(flagged.sum()))
+        result["noise_precision"] = _ratio(len(noise_paths & set(frame.index[flagged])),
+                                           int(flagged.sum()))
         if "suggested_label" in frame.columns:
             rows = [d for d in truth["mislabels"] if d["path"] in frame.index]
-            right = sum(str(frame.at[d["path"], "suggested_label"]) == d["true_label"] for d in rows)
+            right = sum(str(frame.at[d["path"], "suggested_label"]) == d["true_label"]
+                        for d in rows)
             result["mislabels_suggestion_right"] = _ratio(right, len(rows))
     if "split" in frame.columns and "dup_group" in frame.columns:
         result["leaking_groups_after_split"] = leak_report(manifest, "split")["leaking_groups"]
@@ -82,4 +86,5 @@ def _share(frame: pd.DataFrame, paths: list[str], test) -> dict:
 
 def _ratio(found: int, planted: int) -> dict:
     found, planted = int(found), int(planted)
-    return {"found": found, "planted": planted, "rate": round(found / planted, 3) if planted else None}
+    return {"found": found, "planted": planted,
+            "rate": round(found / planted, 3) if planted else None}
