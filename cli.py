@@ -12,11 +12,12 @@ from pathlib import Path
 
 import click
 
-from curation import environment, registry
+from curation import environment, model_cli, registry
 from curation.cli_options import run_options, run_settings, step_options
 from curation.config import load_config, resolve_dataset
 from curation.errors import Interrupted
 from curation.lifecycle import interrupt_exit_code
+from curation.model_cli import emit
 from curation.safety import CurateGroup, one_line
 from curation.registry import REVIEW
 from curation.report import step as report_step
@@ -46,10 +47,6 @@ def main(ctx: click.Context, config_path: str | None) -> None:
     """
     environment.prepare()
     ctx.obj = {"config_path": config_path}
-
-
-def emit(summary, describe, as_json: bool) -> None:
-    click.echo(json.dumps(summary, indent=2, default=str) if as_json else describe(summary))
 
 
 def dataset_command(func):
@@ -267,28 +264,8 @@ def review(config, workdir: Path, quiet: bool, do_sync, no_launch, port, address
         **where), review_step.describe
 
 
-@main.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", "-k", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--min-confidence", type=click.FloatRange(0, 1),
-              help="Below this top probability the answer is 'unsure' (default: calibrated on val).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def predict(model_dir: Path, images, top_k, min_confidence, as_json):
-    """Name the make/model in photos, or answer 'not a car' / 'unsure'.
-
-    \b
-    Example: curate predict .curate/stanford-cars-25/model car1.jpg car2.png --top-k 5
-    MODEL_DIR is a model folder (or a workdir holding model/). An image far from every trained
-    class (embedding distance, threshold calibrated on val) is 'not a car'; one whose top
-    probability is below --min-confidence is 'unsure'. Unreadable files get an error entry.
-    """
-    from training import predict as predict_step
-
-    if not (model_dir / "model.keras").exists() and (model_dir / "model" / "model.keras").exists():
-        model_dir = model_dir / "model"
-    results = predict_step.predict(model_dir, images, k=top_k, min_confidence=min_confidence)
-    emit(results, predict_step.describe, as_json)
+for _command in (model_cli.predict, model_cli.check, model_cli.serve):
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ STEP_PACKAGES = ("curation.scan", "curation.dedupe", "curation.noise", "curation
                  "curation.review", "curation.split", "curation.report", "curation.demo",
                  "training")
 # what puts the steps together (the demo runs the whole pipeline)
-ASSEMBLY = {"curation.registry", "curation.pipeline", "curation.cli_options", "cli",
-            "curation.demo.step"}
+ASSEMBLY = {"curation.registry", "curation.pipeline", "curation.cli_options",
+            "curation.model_cli", "cli", "curation.demo.step"}
 # the generated dataset with planted problems (tests and `curate demo`)
 FIXTURES = {"curation.demo.synthetic", "curation.demo.drawing"}
 
