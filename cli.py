@@ -311,7 +311,7 @@ def report(config: DatasetConfig, workdir: Path, quiet: bool, out):
 
 @main.command()
 @click.option("--folder", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the demo writes its data and workdir (default: <temp>/curate-demo).")
+              help="Where the demo writes its data and workdir (default: ./.curate/demo).")
 @click.option("--synthetic", is_flag=True,
               help="Use the generated set even when $CURATE_DATA is set.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and steps.")
@@ -562,7 +562,7 @@ def dedupe(config: DatasetConfig, workdir: Path, quiet: bool, kinds, threshold, 
 @click.option("--tta/--no-tta", default=True, show_default=True,
               help="Average each embedding with its mirror image's (2x slower, finds more).")
 @click.option("--workers", type=click.IntRange(1, 64), help="Image-loading threads.")
-@click.option("--audit", is_flag=True, help="Also plant known noise in memory (5%% wrong labels, "
+@click.option("--audit", is_flag=True, help="Also plant known noise in memory (5% wrong labels, "
               "and outside photos with --noncar-dir) and report how much of it is caught.")
 @click.option("--noncar-dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of non-car photos for --audit to plant (never copied).")

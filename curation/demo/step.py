@@ -2,13 +2,13 @@
 
 With $CURATE_DATA holding swift-wagonr it runs on those real photos; otherwise on a generated
 SYNTHETIC set with planted duplicates, mislabels, off-topic pictures and broken files. Everything
-is written under one demo folder (default: the system temp folder), never beside the user's files.
+is written under one demo folder the user names (default: ./.curate/demo), never beside the
+user's files.
 """
 from __future__ import annotations
 
 import dataclasses
 import socket
-import tempfile
 from pathlib import Path
 
 from curation.embed.backbones import resolve_weights
@@ -23,8 +23,9 @@ DEMO_TRAINING = TrainingSettings(epochs=10, fine_tune_epochs=2, batch_size=32, p
 
 
 def default_folder() -> Path:
-    """Where the demo writes by default: a fixed folder in the system temp dir (reused on re-runs)."""
-    return Path(tempfile.gettempdir()) / "curate-demo"
+    """Where the demo writes by default: .curate/demo under the current directory, beside the
+    other steps' default workdirs (reused on re-runs)."""
+    return Path.cwd() / ".curate" / "demo"
 
 
 def online(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:
