@@ -326,23 +326,27 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
              CURATE_DATA=~/data CURATE_WEIGHTS=~/weights curate demo
     Uses swift-wagonr from $CURATE_DATA when present; otherwise generates a small SYNTHETIC
     set with planted duplicates, mislabels, off-topic and broken files. Weights come from
-    $CURATE_WEIGHTS, else a Keras download, else random init (with a note).
+    $CURATE_WEIGHTS, Keras's cache (~/.keras/models) or shared/weights beside the checkout,
+    else a Keras download; offline without any, the synthetic demo trains a small CNN from
+    scratch (flag-noise skipped) and the real-photo demo says what to set.
     """
     from curation.demo import step as demo_step
     from curation import pipeline
 
-    folder = Path(folder) if folder else demo_step.default_folder()
+    folder = (Path(folder) if folder else demo_step.default_folder()).resolve()
     try:
-        weights, weights_note = demo_step.choose_weights()
         config, data_note = demo_step.demo_dataset(folder, synthetic=synthetic, seed=seed,
                                                    config_path=ctx.obj["config_path"])
+        weights, weights_note = demo_step.choose_weights(
+            synthetic=demo_step.is_synthetic(config))
     except EXPECTED_ERRORS as exc:
         raise one_line(exc) from None
     config = demo_step.demo_config(config, weights)
     if not as_json:
         click.echo(f"Demo data: {data_note}\nWeights: {weights_note}\nFolder: {folder}", err=True)
     summary = _pipeline(config, folder / config.name, quiet or as_json,
-                        settings=pipeline.RunSettings(seed=seed))
+                        settings=pipeline.RunSettings(seed=seed),
+                        leave_out=demo_step.skipped_steps(weights))
     summary.update(data=data_note, weights=weights_note,
                    synthetic=demo_step.is_synthetic(config))
     emit(summary, demo_step.describe, as_json)

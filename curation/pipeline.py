@@ -192,8 +192,11 @@ def _manifest_or_none(workdir: Path) -> pd.DataFrame | None:
 
 def run_pipeline(config: DatasetConfig, workdir: Path, *, until: str | None = None,
                  from_step: str | None = None, settings: RunSettings = RunSettings(),
-                 quiet: bool = False, on_step: Callable[[dict], None] | None = None) -> dict:
+                 quiet: bool = False, on_step: Callable[[dict], None] | None = None,
+                 leave_out: dict[str, str] | None = None) -> dict:
     """Run the steps in order, skipping the up-to-date ones; `from_step` forces a re-run from there.
+
+    leave_out maps steps not to run at all to the reason, shown as their skip reason.
 
     on_step(entry) is called when a step starts (status 'running') and when it ends (ran,
     skipped or failed), so a caller can print as it goes. Raises StepFailed (with the partial summary) at the first step that fails.
@@ -211,7 +214,8 @@ def run_pipeline(config: DatasetConfig, workdir: Path, *, until: str | None = No
             step_settings = step.settings(config, settings)
             print_ = fingerprint(name, step_settings, workdir, _manifest_or_none(workdir))
             forced = name == from_step or name == "scan"   # scan is what notices changed files
-            reason = None if forced else is_current(step, state, print_, workdir)
+            reason = (leave_out or {}).get(name) or (
+                None if forced else is_current(step, state, print_, workdir))
             entry = {"step": name, "status": "skipped", "seconds": 0.0, "reason": reason}
             if reason is None:
                 _notify(on_step, {"step": name, "status": "running"})
