@@ -84,8 +84,7 @@ def write_items(items: list, source_root: Path, out: Path, seed: int) -> dict[st
 
 def train_and_score(config: DatasetConfig, workdir: Path, test: tuple[DatasetConfig, Path],
                     args) -> dict:
-    from training.evaluate import evaluate
-    from training.train import train
+    from training.steps import evaluate, train
 
     summary = train(config, workdir, seed=args.seed, workers=args.workers, quiet=True,
                     image_size=args.image_size)

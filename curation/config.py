@@ -15,9 +15,6 @@ import yaml
 from curation.errors import CurateError
 
 LAYOUTS = ("class_folders", "split_class_folders", "auto")
-GIVEN_SPLIT_NAMES = {"train": "train", "training": "train", "val": "validation",
-                     "valid": "validation", "validation": "validation", "test": "test",
-                     "testing": "test"}
 BACKBONES = ("mobilenet_v2", "mobilenet_v1_025", "efficientnet_b0", "resnet50")
 DEFAULT_CONFIG_NAME = "datasets.yaml"
 

@@ -15,6 +15,14 @@ class ManifestUnreadable(CurateError):
     exit_code = 2
 
 
+class NotEnoughData(CurateError):
+    """The data cannot support the step: one class in train, an empty val or test split."""
+
+
+class ModelMissing(CurateError, FileNotFoundError):
+    """No trained model where one is needed."""
+
+
 class DiskFull(CurateError):
     """A write failed with ENOSPC or EDQUOT; what was there before is unchanged."""
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import simplejpeg
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k photo; beyond that we refuse before decoding
 EXIF_ORIENTATION = 0x0112
@@ -21,7 +21,6 @@ _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[
             8: lambda a: np.rot90(a)}   # ImageOps.exif_transpose's turns, on a numpy array
 _FAST_GRAY_SPACES = {"Gray", "YCbCr"}   # JPEG colour spaces whose luma libjpeg-turbo hands out
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 _MAGIC = (_JPEG_SIGNATURE, b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")

@@ -12,40 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SPLIT_ORDER = ("train", "val", "validation", "test")
-UNUSED_SPLITS = ("excluded",)
-GROUP_COLUMN = "dup_group"
-
-
-def split_sort_key(name: str) -> tuple[int, str]:
-    """train, val/validation, test first, then any other split name alphabetically."""
-    return (SPLIT_ORDER.index(name), "") if name in SPLIT_ORDER else (len(SPLIT_ORDER), name)
-
-
-def exact_groups(sha256) -> pd.Series:
-    """Group ids for files with identical bytes (null when a file's content is unique).
-
-    The fallback grouping when `curate dedupe` has not run: only byte-identical copies are found.
-    """
-    digests = pd.Series(sha256, dtype="string").reset_index(drop=True)
-    codes, uniques = pd.factorize(digests, sort=True)
-    counts = np.bincount(codes[codes >= 0], minlength=len(uniques))
-    shared = (codes >= 0) & (counts[np.maximum(codes, 0)] > 1)
-    return pd.Series(np.where(shared, codes, -1), dtype="Int64").replace(-1, pd.NA)
-
-
-def manifest_groups(manifest: pd.DataFrame) -> tuple[pd.Series, bool]:
-    """(group ids, whether they come from dedupe): dedupe's `dup_group`, else identical bytes.
-
-    The one place that decides which duplicate groups split, check-leaks and the report use
-    before and after `curate dedupe`; without `sha256` either, no image is grouped.
-    """
-    if GROUP_COLUMN in manifest.columns:
-        return manifest[GROUP_COLUMN].astype("Int64").reset_index(drop=True), True
-    if "sha256" in manifest.columns:
-        return exact_groups(manifest["sha256"]), False
-    return pd.Series(pd.NA, index=range(len(manifest)), dtype="Int64"), False
-
+from curation.vocabulary import GROUP_COLUMN, UNUSED_SPLITS, manifest_groups, split_sort_key
 
 def leaking_mask(groups, splits) -> np.ndarray:
     """True for each image in a used split whose duplicate group also has members in another split."""

@@ -148,22 +148,25 @@ def file_identity(paths: Iterable[str], root: Path | None = None) -> pd.DataFram
     return pd.DataFrame(rows, columns=IDENTITY_COLUMNS)
 
 
-def unchanged_rows(old: pd.DataFrame | None, current: pd.DataFrame,
-                   columns: Iterable[str]) -> pd.DataFrame:
-    """Rows of `old` whose file identity (path, bytes, mtime) still matches and that hold `columns`.
+def unchanged_rows(old: pd.DataFrame | None, current: pd.DataFrame, columns: Iterable[str], *,
+                   made_with: str | None = None, wanted: str | None = None) -> pd.DataFrame:
+    """Rows of `old` whose file identity (path, bytes, mtime) still matches and that hold `columns`;
+    none when `old` was made with another method or settings digest (`made_with` != `wanted`).
 
-    This is the per-image cache: a re-run only computes values for files not returned here.
+    The one per-file cache rule (scan's rows, dedupe's hashes, the training pixel cache): a
+    re-run only computes values for files not returned here.
     """
     columns = list(columns)
-    if old is None or not set(columns) <= set(old.columns):
+    if old is None or made_with != wanted or not set(columns) <= set(old.columns):
         return pd.DataFrame(columns=[*IDENTITY_COLUMNS, *columns])
     keep = old[[*IDENTITY_COLUMNS, *[c for c in columns if c not in IDENTITY_COLUMNS]]]
     return keep.merge(current[IDENTITY_COLUMNS], on=IDENTITY_COLUMNS, how="inner")
 
 
 def record_run(workdir: Path, step: str, *, settings: dict, summary: dict,
-               started: float) -> Path:
-    """Write runs/<step>.json: what a step was asked, what it found, versions and time taken."""
+               started: float, fingerprint: str | None = None) -> Path:
+    """Write runs/<step>.json: what a step was asked, what it found, versions, time taken and
+    the fingerprint the pipeline compares (curation/steps.py)."""
     from importlib import metadata
 
     versions = {}
@@ -172,7 +175,7 @@ def record_run(workdir: Path, step: str, *, settings: dict, summary: dict,
             versions[package] = metadata.version(package)
     record = {"step": step, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "seconds": round(time.time() - started, 3), "settings": settings,
-              "summary": summary, "versions": versions}
+              "summary": summary, "versions": versions, "fingerprint": fingerprint}
     return atomic_write_json(Path(workdir) / "runs" / f"{step}.json", record)
 
 

@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from curation.leaks import (check_leaks, describe_check, exact_groups, find_leaks, leak_report,
+from curation.vocabulary import exact_groups
+from curation.leaks import (check_leaks, describe_check, find_leaks, leak_report,
                             leaking_mask)
 from curation.manifest import ManifestMissing, read_manifest, read_run, write_manifest
 

@@ -10,10 +10,12 @@ from click.testing import CliRunner
 
 from cli import main
 from curation.demo import step as demo
-from curation import pipeline
+from curation import pipeline, registry
 from curation.demo import synthetic
 from curation.config import ConfigError, DatasetConfig, TrainingSettings
 from curation.manifest import read_manifest
+from curation.settings import SettingError
+from curation.steps import fingerprint
 
 SPEC = synthetic.SyntheticSpec(per_class=14, exact_duplicates=4, near_duplicates=6, mislabels=4,
                                off_topic=4, broken=2)
@@ -48,7 +50,7 @@ def journey(tmp_path_factory):
     runs["from_evaluate"] = pipeline.run_pipeline(config, workdir, from_step="evaluate", quiet=True)
     runs["split_before_new_seed"] = read_manifest(workdir)["split"].copy()
     runs["new_seed"] = pipeline.run_pipeline(config, workdir, until="split", quiet=True,
-                                             settings=pipeline.RunSettings(seed=1))
+                                             settings={"seed": 1})
     return {"config": config, "workdir": workdir, "truth": truth, "runs": runs}
 
 
@@ -126,8 +128,8 @@ def test_failing_step_stops_with_its_name_and_resumes(tmp_path):
     assert result.exit_code == 1
     assert "step 'flag-noise' failed" in result.output and "missing.h5" in result.output
     assert "resumes at 'flag-noise'" in result.output and "Traceback" not in result.output
-    state = json.loads((workdir / "runs" / "pipeline.json").read_text())
-    assert set(state) == {"scan", "dedupe"}
+    recorded = {path.stem for path in (workdir / "runs").glob("*.json")}
+    assert recorded == {"scan", "dedupe"}
     assert (workdir / "report.html").is_file()          # the partial report
     result = CliRunner().invoke(main, [*args, "--weights", weights(), "--json", "-q"])
     assert result.exit_code == 0, result.output
@@ -142,12 +144,19 @@ def test_step_names_and_overrides_are_checked():
         pipeline.steps_between("train", "scan")
     with pytest.raises(ConfigError, match="unknown step 'tidy'"):
         pipeline.steps_between("tidy", None)
-    config = DatasetConfig(name="x", root=".")
-    tuned = pipeline.with_overrides(config, image_size=96, epochs=1, batch_size=None)
-    assert tuned.image_size == 96 and tuned.training.epochs == 1
-    assert tuned.training.batch_size == config.training.batch_size
-    with pytest.raises(ConfigError, match="image_size"):
-        pipeline.with_overrides(config, image_size=8)
+
+
+def test_run_settings_are_checked_before_any_step(tmp_path):
+    config = DatasetConfig(name="x", root=tmp_path)
+    train = registry.BY_NAME["train"]
+    tuned = pipeline.planned(train, config, tmp_path, {"image_size": 96, "epochs": 1})
+    assert tuned.image_size == 96 and tuned.epochs == 1
+    assert tuned.batch_size == config.training.batch_size              # datasets.yaml's
+    with pytest.raises(SettingError, match=r"option --image-size \(setting 'image_size'\)"):
+        pipeline.run_pipeline(config, tmp_path / "w", settings={"image_size": 8})
+    assert not (tmp_path / "w" / "manifest.parquet").exists()         # nothing ran
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['colour'\]"):
+        pipeline.run_pipeline(config, tmp_path / "w", settings={"colour": "red"})
 
 
 def test_demo_finds_weights_the_user_has_else_downloads_else_trains_from_scratch(
@@ -189,22 +198,47 @@ def test_fingerprints_follow_what_each_step_reads(tmp_path):
     import pandas as pd
 
     files = pd.DataFrame({"path": ["a.jpg", "b.jpg"], "bytes": [1, 2], "mtime": [1.0, 2.0],
-                          "sha256": ["x", "y"], "readable": [True, True], "label": ["p", "q"]})
+                          "sha256": ["x", "y"], "readable": [True, True], "label": ["p", "q"],
+                          "width": [4, 4], "height": [4, 4]})
     reviewed = files.assign(review_decision=["drop", None], review_label=[None, None])
     changed = files.assign(bytes=[1, 3])
 
-    def print_(step, frame, settings=None):
-        return pipeline.fingerprint(step, settings or {}, tmp_path, frame)
+    def print_(name, frame, settings=None):
+        return fingerprint(registry.BY_NAME[name], settings or {}, tmp_path, frame)
 
     assert print_("dedupe", files) == print_("dedupe", files.iloc[::-1])   # row order is irrelevant
     assert print_("dedupe", files) != print_("dedupe", changed)
     assert print_("dedupe", files) == print_("dedupe", reviewed)           # review is for split
     assert print_("split", files) != print_("split", reviewed)
     assert print_("split", files) != print_("split", files, {"seed": 1})
+    assert print_("dedupe", files, {"workers": 1}) == print_("dedupe", files)   # no result change
     (tmp_path / "runs").mkdir()
-    before = print_("train", files)
-    (tmp_path / "runs" / "split.json").write_text('{"step": "split"}')
-    assert print_("train", files) != before                                 # split re-ran
+    before = print_("evaluate", files)
+    (tmp_path / "runs" / "train.json").write_text('{"step": "train", "fingerprint": "new"}')
+    assert print_("evaluate", files) != before                              # the model changed
+
+
+def test_a_manual_run_stays_in_force_and_run_takes_every_steps_options(tmp_path):
+    synthetic.generate(tmp_path / "data", seed=7, spec=SPEC)
+    root, workdir = str(tmp_path / "data" / "images"), str(tmp_path / "work")
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(main, [*args, root, "--workdir", workdir, "--json", "-q"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    run("scan")
+    assert run("dedupe", "--threshold", "4")["thresholds"] == {"phash": 4, "dhash": 4}
+    assert statuses(run("run", "--until", "dedupe")) == {"scan": "ran", "dedupe": "skipped"}
+    again = run("run", "--until", "dedupe", "--hash", "phash", "--threshold", "5", "--no-mirror")
+    assert statuses(again)["dedupe"] == "ran"
+    record = json.loads((tmp_path / "work" / "runs" / "dedupe.json").read_text())
+    assert record["settings"]["kinds"] == ["phash"] and record["settings"]["mirror"] is False
+    assert record["settings"]["thresholds"] == {"phash": 5}
+    result = runner.invoke(main, ["run", root, "--workdir", workdir, "--until", "dedupe",
+                                  "--max-flag-rate", "0"])
+    assert result.exit_code == 2 and "--max-flag-rate" in result.output
 
 
 @pytest.mark.slow

@@ -19,13 +19,17 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageDraw
 
-from curation.config import ConfigError, DatasetConfig, TrainingSettings
+from curation.config import DatasetConfig, TrainingSettings
 from curation.manifest import ManifestMissing, read_manifest, write_manifest
 from curation.scan.step import scan
 from training.data import class_weights, encode_labels, load_pixels, split_rows
 from training.evaluate import guard_rates, misclassified_rows, score
 from training.predict import NOT_A_CAR, UNSURE, calibrate, ood_distance, top_k, verdicts
-from training.train import resolve_settings, select_rows
+from curation.errors import NotEnoughData
+from curation.settings import SettingError
+from curation.steps import resolve_settings
+from training.steps import TRAIN
+from training.train import select_rows
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSES = ("blue_disc", "red_box")
@@ -53,7 +57,7 @@ def test_split_rows_prefers_split_label_and_drops_unusable_rows():
 def test_select_rows_needs_a_split_and_a_val_set():
     with pytest.raises(ManifestMissing, match="curate split"):
         select_rows(_manifest().drop(columns="split"))
-    with pytest.raises(ManifestMissing, match="val split is empty"):
+    with pytest.raises(NotEnoughData, match="val split is empty"):
         select_rows(_manifest(split=["train", "train", "train", "test", "train"]))
     rows, classes, unknown = select_rows(_manifest(label=["x", "z", "y", "x", "y"],
                                                    readable=[True] * 5,
@@ -68,10 +72,14 @@ def test_class_weights_balance_rare_classes():
 
 
 def test_settings_overrides_are_checked_and_named():
-    settings = resolve_settings(TrainingSettings(), {"epochs": 3, "dropout": None})
-    assert settings.epochs == 3 and settings.dropout == TrainingSettings().dropout
-    with pytest.raises(ConfigError, match="'dropout'"):
-        resolve_settings(TrainingSettings(), {"dropout": 1.5})
+    config = DatasetConfig(name="x", root=Path("."), training=TrainingSettings(dropout=0.3))
+    settings = resolve_settings(TRAIN, config, {"epochs": 3, "dropout": None})
+    assert settings.epochs == 3 and settings.dropout == 0.3          # None: datasets.yaml's
+    with pytest.raises(SettingError, match=r"option --dropout \(setting 'dropout'\) must be below 1"):
+        resolve_settings(TRAIN, config, {"dropout": 1.5})
+    bad_yaml = DatasetConfig(name="x", root=Path("."), training=TrainingSettings(epochs=0))
+    with pytest.raises(SettingError, match="--epochs"):                # checked wherever it comes from
+        resolve_settings(TRAIN, bad_yaml, {})
 
 
 def test_calibrated_guard_flags_far_and_unconfident_inputs():
@@ -183,8 +191,7 @@ def _copy_workdir(source: Path, tmp_path: Path) -> Path:
 @pytest.mark.weights
 def test_train_evaluate_predict_learn_the_easy_set(easy_set, curate_weights, tmp_path):
     from cli import main
-    from training.evaluate import evaluate
-    from training.train import train
+    from training.steps import evaluate, train
 
     config, source, off = easy_set
     workdir = _copy_workdir(source, tmp_path)
@@ -212,9 +219,8 @@ def test_train_evaluate_predict_learn_the_easy_set(easy_set, curate_weights, tmp
 
 
 def test_random_init_run_writes_every_artifact_answers_each_image_and_repeats(easy_set, tmp_path):
-    from training.evaluate import evaluate
     from training.predict import predict
-    from training.train import train
+    from training.steps import evaluate, train
 
     config, source, off = easy_set
     config = dataclasses.replace(config, weights="none", training=dataclasses.replace(

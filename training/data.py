@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from curation.images import ImageError, load_array
-from curation.manifest import IDENTITY_COLUMNS, ManifestMissing, atomic_write
+from curation.manifest import IDENTITY_COLUMNS, ManifestMissing, atomic_write, unchanged_rows
 from curation.parallel import map_files
+from curation.vocabulary import SPLITS
 
-SPLITS = ("train", "val", "test")
 
 
 def label_series(manifest: pd.DataFrame) -> pd.Series:
@@ -119,8 +119,8 @@ def load_pixels(rows: pd.DataFrame, root: Path, size: int, cache_dir: Path, *,
     """
     identity = rows[IDENTITY_COLUMNS].drop_duplicates("path")
     index, pixels = _read_cache(cache_dir, size)
-    known = identity.merge(index, on=IDENTITY_COLUMNS, how="left")
-    todo = known[known["slot"].isna()][IDENTITY_COLUMNS].reset_index(drop=True)
+    cached = unchanged_rows(index, identity, ["slot"])
+    todo = identity[~identity["path"].isin(cached["path"])].reset_index(drop=True)
     failures: list[tuple[str, str]] = []
     if len(todo):
         decoded = map_files(decode_file, [(str(Path(root) / p), size) for p in todo["path"]],

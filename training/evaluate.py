@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
-from curation.config import DatasetConfig
+from curation.errors import NotEnoughData
 from curation.images import image_files
-from curation.manifest import (ManifestMissing, atomic_write, atomic_write_json, read_manifest,
-                               record_run, workdir_lock)
+from curation.manifest import atomic_write, atomic_write_json
 from curation.parallel import map_files
 from curation.sheets import contact_sheet
+from curation.steps import Workdir
+from curation.vocabulary import MODEL_DIR
 
 from .data import decode_file, encode_labels, load_pixels, pixel_cache_dir, split_rows
 from .plots import confusion_matrix_plot
 from .predict import NOT_A_CAR, UNSURE, Predictor
-from .train import MODEL_DIR
+
+if TYPE_CHECKING:   # training.steps imports this module when a run starts
+    from .steps import EvaluateSettings
 
 def score(y_true: np.ndarray, probs: np.ndarray, classes) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
@@ -78,52 +82,42 @@ def ood_folder_rates(predictor: Predictor, folder: Path, batch_size: int, *,
             "flagged": round(rates["not_a_car"] + rates["unsure"], 4)}
 
 
-def evaluate(config: DatasetConfig, workdir: Path, *, model_dir: Path | None = None,
-             ood_folder: Path | None = None, batch_size: int = 32, workers: int | None = None,
-             quiet: bool = False) -> dict:
-    """Score the model on the workdir's test split; write metrics.json and plots; return the summary."""
-    started = time.time()
-    workdir = Path(workdir)
-    out = Path(model_dir) if model_dir else workdir
-    model_dir = Path(model_dir) if model_dir else workdir / MODEL_DIR
+def run(work: Workdir, settings: EvaluateSettings) -> dict:
+    """Score the model on the workdir's test split; write metrics.json and plots; return the metrics."""
+    config, batch_size, workers, quiet = work.config, settings.batch_size, settings.workers, work.quiet
+    out = settings.model_dir or work.path
+    model_dir = settings.model_dir or work.path / MODEL_DIR
     predictor = Predictor(model_dir)
     classes = predictor.classes
-    with workdir_lock(workdir):
-        manifest = read_manifest(workdir, required=["path", "label"])
-        rows = split_rows(manifest, ("test",))
-        pixels, rows, failures = load_pixels(rows, config.root, predictor.image_size,
-                                             pixel_cache_dir(workdir), workers=workers, quiet=quiet)
-        y = encode_labels(rows["label"], classes)
-        known = y >= 0
-        rows, y = rows[known].reset_index(drop=True), y[known]
-        if not len(rows):
-            raise ManifestMissing("the test split holds no image of a class the model knows")
-        probs, distances = predictor.scores(pixels, rows["slot"].to_numpy(), batch_size=batch_size,
-                                            label=None if quiet else "evaluate: test images")
-        verdicts = predictor.verdicts(probs, distances)
-        metrics = {"dataset": config.name, "model_dir": str(model_dir), "test_images": int(len(y)),
-                   "test_rows_with_unknown_class": int((~known).sum()),
-                   "left_out": [f"{p}: {r}" for p, r in failures],
-                   **score(y, probs, classes), "guard_on_test": guard_rates(verdicts, y, classes)}
-        if ood_folder is not None:
-            metrics["guard_on_ood_folder"] = ood_folder_rates(predictor, ood_folder, batch_size,
-                                                              workers=workers, quiet=quiet)
-        frame = rows[["path", "label"]].assign(
-            predicted=np.asarray(classes, dtype=object)[probs.argmax(axis=1)],
-            confidence=probs.max(axis=1).round(4), ood_distance=np.round(distances, 4),
-            verdict=verdicts)
-        atomic_write(out / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
-        confusion_matrix_plot(np.asarray(metrics["confusion_matrix"]), classes,
-                              out / "confusion.png")
-        sheet = contact_sheet(misclassified_rows(frame, config.root), out / "misclassified.png")
-        metrics["misclassified_sheet"] = str(sheet) if sheet else None
-        metrics["seconds"] = round(time.time() - started, 1)
-        metrics["out_dir"] = str(out)
-        atomic_write_json(out / "metrics.json", metrics)
-        summary = {k: v for k, v in metrics.items() if k not in ("per_class", "confusion_matrix")}
-        record_run(workdir, "evaluate", settings={"model_dir": str(model_dir),
-                                                  "ood_folder": str(ood_folder) if ood_folder else None},
-                   summary=summary, started=started)
+    rows = split_rows(work.read(), ("test",))
+    pixels, rows, failures = load_pixels(rows, config.root, predictor.image_size,
+                                         pixel_cache_dir(work.path), workers=workers, quiet=quiet)
+    y = encode_labels(rows["label"], classes)
+    known = y >= 0
+    rows, y = rows[known].reset_index(drop=True), y[known]
+    if not len(rows):
+        raise NotEnoughData("the test split holds no image of a class the model knows")
+    probs, distances = predictor.scores(pixels, rows["slot"].to_numpy(), batch_size=batch_size,
+                                        label=None if quiet else "evaluate: test images")
+    verdicts = predictor.verdicts(probs, distances)
+    metrics = {"dataset": config.name, "model_dir": str(model_dir), "test_images": int(len(y)),
+               "test_rows_with_unknown_class": int((~known).sum()),
+               "left_out": [f"{p}: {r}" for p, r in failures],
+               **score(y, probs, classes), "guard_on_test": guard_rates(verdicts, y, classes)}
+    if settings.ood_folder is not None:
+        metrics["guard_on_ood_folder"] = ood_folder_rates(predictor, settings.ood_folder,
+                                                          batch_size, workers=workers, quiet=quiet)
+    frame = rows[["path", "label"]].assign(
+        predicted=np.asarray(classes, dtype=object)[probs.argmax(axis=1)],
+        confidence=probs.max(axis=1).round(4), ood_distance=np.round(distances, 4),
+        verdict=verdicts)
+    atomic_write(out / "predictions.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    confusion_matrix_plot(np.asarray(metrics["confusion_matrix"]), classes, out / "confusion.png")
+    sheet = contact_sheet(misclassified_rows(frame, config.root), out / "misclassified.png")
+    metrics["misclassified_sheet"] = str(sheet) if sheet else None
+    metrics["seconds"] = round(time.time() - work.started, 1)
+    metrics["out_dir"] = str(out)
+    atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -1,27 +1,19 @@
-"""Training curves and confusion matrices as PNGs (matplotlib Agg, written atomically)."""
+"""Training curves and confusion matrices as PNGs (written atomically)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from curation.manifest import atomic_write  # noqa: E402
-
-
-def _save(figure, out: Path) -> Path:
-    path = atomic_write(Path(out), lambda tmp: figure.savefig(tmp, format="png", dpi=110))
-    plt.close(figure)
-    return path
+from curation.figures import save_png
 
 
 def training_curves(history: pd.DataFrame, out: Path) -> Path:
     """Loss and accuracy per epoch, train vs val, with the start of fine-tuning marked."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure = Figure(figsize=(11, 4))
+    axes = figure.subplots(1, 2)
     x = np.arange(1, len(history) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(x, history[metric], "o-", label=f"train {metric}")
@@ -34,14 +26,15 @@ def training_curves(history: pd.DataFrame, out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     figure.tight_layout()
-    return _save(figure, out)
+    return save_png(figure, out)
 
 
 def confusion_matrix_plot(matrix: np.ndarray, classes, out: Path) -> Path:
     """Row-normalised confusion matrix with counts, rows = true class."""
     n = len(classes)
     side = max(5.0, 0.38 * n + 2)
-    figure, ax = plt.subplots(figsize=(side + 1, side))
+    figure = Figure(figsize=(side + 1, side))
+    ax = figure.subplots()
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=90, fontsize=7 if n > 10 else 9)
@@ -53,4 +46,4 @@ def confusion_matrix_plot(matrix: np.ndarray, classes, out: Path) -> Path:
                 color="white" if rates[i, j] > 0.5 else "black")
     figure.colorbar(image, ax=ax, fraction=0.04)
     figure.tight_layout()
-    return _save(figure, out)
+    return save_png(figure, out)

@@ -13,6 +13,8 @@ import numpy as np
 
 from curation.images import ImageError, load_array
 from curation.manifest import atomic_write, atomic_write_json
+from curation.errors import ModelMissing
+from curation.vocabulary import unit_rows
 
 from .data import PixelBatches
 from .model import feature_model, load_classifier
@@ -24,23 +26,17 @@ DISTANCE_QUANTILE = 0.99    # 1% of real validation cars lie further from every 
 CONFIDENCE_QUANTILE = 0.05  # the 5% least confident validation predictions count as unsure
 
 
-def normalize(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm."""
-    features = np.asarray(features, dtype=np.float64)
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
-
-
 def class_means(features: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     """Unit-norm mean embedding per class (n_classes, dim)."""
-    unit = normalize(features)
+    unit = unit_rows(features)
     means = np.stack([unit[y == k].mean(axis=0) if np.any(y == k) else np.zeros(unit.shape[1])
                       for k in range(n_classes)])
-    return normalize(means)
+    return unit_rows(means)
 
 
 def ood_distance(features: np.ndarray, means: np.ndarray) -> np.ndarray:
     """Cosine distance from each embedding to its nearest class mean (0 = on a mean, 2 = opposite)."""
-    return 1.0 - (normalize(features) @ means.T).max(axis=1)
+    return 1.0 - (unit_rows(features) @ means.T).max(axis=1)
 
 
 def calibrate(train_features: np.ndarray, train_y: np.ndarray, val_features: np.ndarray,
@@ -90,7 +86,7 @@ def read_model_info(model_dir: Path) -> tuple[dict, dict, np.ndarray]:
     """labels.json, ood.json and the class means of a trained model folder."""
     model_dir = Path(model_dir)
     if not (model_dir / "model.keras").exists():
-        raise FileNotFoundError(f"{model_dir}: no model.keras here; run `curate train` first "
+        raise ModelMissing(f"{model_dir}: no model.keras here; run `curate train` first "
                                 f"(the model folder is <workdir>/model)")
     info = json.loads((model_dir / "labels.json").read_text())
     calibration = json.loads((model_dir / "ood.json").read_text())

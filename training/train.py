@@ -12,16 +12,18 @@ import dataclasses
 import importlib.util
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import pandas as pd
 
 from curation.embed.backbones import resolve_weights
-from curation.config import (ConfigError, DatasetConfig, TrainingSettings, validate_backbone,
-                             validate_image_size)
-from curation.manifest import (ManifestMissing, atomic_write, atomic_write_json, read_manifest,
-                               record_run, workdir_lock)
+from curation.config import TrainingSettings
+from curation.errors import NotEnoughData
+from curation.manifest import atomic_write, atomic_write_json
+from curation.steps import Workdir
+from curation.vocabulary import MODEL_DIR
 
 from .data import (PixelBatches, class_weights, encode_labels, load_pixels, one_hot,
                    pixel_cache_dir, split_rows)
@@ -32,28 +34,8 @@ from .progress import progress_callbacks
 from .predict import calibrate, flip_averaged, write_calibration
 from .scratch import SCRATCH, SCRATCH_NAME, build_scratch_classifier
 
-MODEL_DIR = "model"
-_RULES = {  # setting -> (check, what it must be)
-    "epochs": (lambda v: v >= 1, "at least 1"),
-    "fine_tune_epochs": (lambda v: v >= 0, "0 or more"),
-    "batch_size": (lambda v: v >= 1, "at least 1"),
-    "learning_rate": (lambda v: v > 0, "positive"),
-    "fine_tune_learning_rate": (lambda v: v > 0, "positive"),
-    "fine_tune_layers": (lambda v: v >= 0, "0 or more"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "patience": (lambda v: v >= 1, "at least 1"),
-}
-
-
-def resolve_settings(base: TrainingSettings, overrides: dict) -> TrainingSettings:
-    """datasets.yaml's training settings with command-line values on top, each checked."""
-    settings = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    for key, (ok, expected) in _RULES.items():
-        if not ok(getattr(settings, key)):
-            raise ConfigError(f"training setting '{key}' must be {expected}, "
-                              f"got {getattr(settings, key)!r}")
-    return settings
+if TYPE_CHECKING:   # training.steps imports this module when a run starts
+    from .steps import TrainSettings
 
 
 def select_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:
@@ -62,10 +44,10 @@ def select_rows(manifest: pd.DataFrame) -> tuple[pd.DataFrame, list[str], int]:
     classes = sorted(rows.loc[rows["split"] == "train", "label"].unique())
     unknown = ~rows["label"].isin(classes)
     if len(classes) < 2:
-        raise ManifestMissing(f"the train split holds {len(classes)} class(es); need at least 2")
+        raise NotEnoughData(f"the train split holds {len(classes)} class(es); need at least 2")
     if not (rows["split"] == "val")[~unknown].any():
-        raise ManifestMissing("the val split is empty: training selects its best epoch on val; "
-                              "re-run `curate split` with a val ratio above 0")
+        raise NotEnoughData("the val split is empty: training selects its best epoch on val; "
+                            "re-run `curate split` with a val ratio above 0")
     return rows[~unknown].reset_index(drop=True), classes, int(unknown.sum())
 
 
@@ -251,67 +233,59 @@ def write_model_files(run: Run, model: keras.Model, history: pd.DataFrame, info:
     return calibration
 
 
-def train(config: DatasetConfig, workdir: Path, *, overrides: dict | None = None,
-          backbone: str | None = None, weights: str | None = None, image_size: int | None = None,
-          seed: int = 0, workers: int | None = None, quiet: bool = False) -> dict:
+def run(work: Workdir, settings: TrainSettings) -> dict:
     """Train <workdir>/model/model.keras on the train split, choosing epochs on val; returns the summary."""
-    started = time.time()
-    settings = resolve_settings(config.training, overrides or {})
-    backbone = validate_backbone(backbone or config.backbone)
-    weights = str(weights or config.weights)
-    size = validate_image_size(image_size or config.image_size)
+    recipe, size, seed, config, workdir = (settings.recipe(), settings.image_size, settings.seed,
+                                           work.config, work.path)
+    backbone, weights = settings.backbone, str(settings.weights)
     if weights == SCRATCH:
         backbone = SCRATCH_NAME
     else:
         resolve_weights(backbone, weights)
-    workdir = Path(workdir)
-    with workdir_lock(workdir):
-        rows, classes, unknown = select_rows(read_manifest(workdir, required=["path", "label"]))
-        pixels, rows, failures = load_pixels(rows, config.root, size, pixel_cache_dir(workdir),
-                                             workers=workers, quiet=quiet)
-        keras.utils.set_random_seed(seed)
-        device = accelerator()
-        policy = use_mixed_precision(device)
-        y = encode_labels(rows["label"], classes)
-        masks = {split: (rows["split"] == split).to_numpy() for split in ("train", "val")}
-        run = Run(pixels, {s: rows["slot"].to_numpy()[m] for s, m in masks.items()},
-                  {s: y[m] for s, m in masks.items()}, classes, settings, workdir / MODEL_DIR,
-                  seed, quiet)
-        if weights == SCRATCH:
-            model = build_scratch_classifier(len(classes), image_size=size, seed=seed,
-                                             dropout=settings.dropout, augment=settings.augment)
-            history, keeper = scratch_phase(run, model)
-            best = {"phase": "scratch", "epoch": keeper.best_epoch + 1, "score": keeper.best}
-            embed_rate, unfrozen = None, len(model.layers)
-        else:
-            model = build_classifier(len(classes), backbone=backbone, weights=weights,
-                                     image_size=size, dropout=settings.dropout,
-                                     augment=settings.augment, seed=seed)
-            history, best, embed_rate, unfrozen = transfer_phases(run, model)
-        info = {"classes": classes, "backbone": backbone, "weights": weights, "image_size": size,
-                "dataset": config.name, "seed": seed}
-        calibration = write_model_files(run, model, history, info)
-        fine = history[history["phase"] == "fine_tune"]
-        summary = {
-            "model_dir": str(run.model_dir), "classes": len(classes),
-            "train_images": len(run.slots["train"]), "val_images": len(run.slots["val"]),
-            "val_rows_with_unseen_class": unknown, "left_out": [f"{p}: {r}" for p, r in failures],
-            "best_phase": best["phase"], "best_epoch": best["epoch"],
-            "val_accuracy": round(best["score"][0], 4), "val_loss": round(-best["score"][1], 4),
-            "head_epochs": int((history["phase"] == "head").sum()),
-            "scratch_epochs": int((history["phase"] == "scratch").sum()),
-            "fine_tune_epochs": len(fine), "unfrozen_layers": unfrozen,
-            "embed_images_per_second": round(embed_rate, 1) if embed_rate else None,
-            "fine_tune_images_per_second": round(len(run.slots["train"]) * len(fine)
-                                                 / fine["train_seconds"].sum(), 1) if len(fine) else None,
-            "ood_distance_threshold": round(calibration["distance_threshold"], 4),
-            "min_confidence": round(calibration["min_confidence"], 4),
-            "backend": keras.backend.backend(), "device": device, "precision": policy,
-            "image_size": size, "backbone": backbone, "seconds": round(time.time() - started, 1),
-        }
-        run_settings = {**dataclasses.asdict(settings), "backbone": backbone, "weights": weights,
-                        "image_size": size, "seed": seed}
-        record_run(workdir, "train", settings=run_settings, summary=summary, started=started)
+    rows, classes, unknown = select_rows(work.read())
+    pixels, rows, failures = load_pixels(rows, config.root, size, pixel_cache_dir(workdir),
+                                         workers=settings.workers, quiet=work.quiet)
+    keras.utils.set_random_seed(seed)
+    device = accelerator()
+    policy = use_mixed_precision(device)
+    y = encode_labels(rows["label"], classes)
+    masks = {split: (rows["split"] == split).to_numpy() for split in ("train", "val")}
+    run = Run(pixels, {s: rows["slot"].to_numpy()[m] for s, m in masks.items()},
+              {s: y[m] for s, m in masks.items()}, classes, recipe, workdir / MODEL_DIR,
+              seed, work.quiet)
+    if weights == SCRATCH:
+        model = build_scratch_classifier(len(classes), image_size=size, seed=seed,
+                                         dropout=recipe.dropout, augment=recipe.augment)
+        history, keeper = scratch_phase(run, model)
+        best = {"phase": "scratch", "epoch": keeper.best_epoch + 1, "score": keeper.best}
+        embed_rate, unfrozen = None, len(model.layers)
+    else:
+        model = build_classifier(len(classes), backbone=backbone, weights=weights,
+                                 image_size=size, dropout=recipe.dropout, augment=recipe.augment,
+                                 seed=seed)
+        history, best, embed_rate, unfrozen = transfer_phases(run, model)
+    info = {"classes": classes, "backbone": backbone, "weights": weights, "image_size": size,
+            "dataset": config.name, "seed": seed}
+    calibration = write_model_files(run, model, history, info)
+    fine = history[history["phase"] == "fine_tune"]
+    summary = {
+        "model_dir": str(run.model_dir), "classes": len(classes),
+        "train_images": len(run.slots["train"]), "val_images": len(run.slots["val"]),
+        "val_rows_with_unseen_class": unknown, "left_out": [f"{p}: {r}" for p, r in failures],
+        "best_phase": best["phase"], "best_epoch": best["epoch"],
+        "val_accuracy": round(best["score"][0], 4), "val_loss": round(-best["score"][1], 4),
+        "head_epochs": int((history["phase"] == "head").sum()),
+        "scratch_epochs": int((history["phase"] == "scratch").sum()),
+        "fine_tune_epochs": len(fine), "unfrozen_layers": unfrozen,
+        "embed_images_per_second": round(embed_rate, 1) if embed_rate else None,
+        "fine_tune_images_per_second": round(len(run.slots["train"]) * len(fine)
+                                             / fine["train_seconds"].sum(), 1) if len(fine) else None,
+        "ood_distance_threshold": round(calibration["distance_threshold"], 4),
+        "min_confidence": round(calibration["min_confidence"], 4),
+        "backend": keras.backend.backend(), "device": device, "precision": policy,
+        "image_size": size, "backbone": backbone,
+        "seconds": round(time.time() - work.started, 1),
+    }
     return summary
 
 

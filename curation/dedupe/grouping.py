@@ -15,6 +15,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curation.dedupe.hamming import distances, pairs_within
+from curation.vocabulary import KEEPER_ASCENDING, KEEPER_KEYS, keeper_keys
 
 DEFAULT_KINDS = ("phash", "dhash")
 # Largest Hamming distance (bits) still counted as a near duplicate, per hash kind, when the
@@ -121,18 +122,17 @@ def choose_keepers(rows: pd.DataFrame, labels: np.ndarray) -> pd.DataFrame:
     rows: path, width, height, bytes (one per image, aligned with labels). Returns, per row,
     dup_group (1 = largest group; <NA> when unique), keeper (bool), keeper_row, keeper_reason.
     """
-    frame = rows[["path"]].copy()
+    frame = keeper_keys(rows)
     frame["label"] = labels
-    frame["pixels"] = rows["width"].astype("float64") * rows["height"].astype("float64")
-    frame["bpp"] = rows["bytes"].astype("float64") / frame["pixels"].where(frame["pixels"] > 0)
     frame["row"] = np.arange(len(frame))
     grouped = frame[frame["label"] >= 0].sort_values(
-        ["label", "pixels", "bpp", "path"], ascending=[True, False, False, True], na_position="last")
+        ["label", *KEEPER_KEYS], ascending=[True, *KEEPER_ASCENDING], kind="stable")
     leaders = grouped.groupby("label").head(2)
     runner_up = leaders.groupby("label").nth(1).set_index("label")
     keepers = leaders.groupby("label").head(1).set_index("label")
     reason = np.where(keepers["pixels"] > runner_up.loc[keepers.index, "pixels"], "most pixels",
-                      np.where(keepers["bpp"] > runner_up.loc[keepers.index, "bpp"],
+                      np.where(keepers["bytes_per_pixel"]
+                               > runner_up.loc[keepers.index, "bytes_per_pixel"],
                                "least compressed", "first path"))
     sizes = grouped.groupby("label").size()
     ranking = pd.DataFrame({"size": sizes, "keeper_path": keepers["path"]})

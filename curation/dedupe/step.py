@@ -6,21 +6,23 @@ cache in the manifest, the manifest columns, dupes.csv, the dupes.png contact sh
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from curation.config import ConfigError, DatasetConfig
+from curation.config import DatasetConfig
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                        thresholds_for)
-from curation.dedupe.hashing import HASH_METHOD, hash_columns, hash_files, parse_kinds, pixel_digests, to_uint64
+from curation.dedupe.hashing import (HASH_METHOD, hash_columns, hash_files, parse_kinds,
+                                     pixel_digests, to_uint64)
 from curation.leaks import describe_leaks, leak_report
-from curation.manifest import (atomic_write, file_identity, merge_columns, read_manifest, read_run,
-                       record_run, unchanged_rows, workdir_lock, write_manifest)
+from curation.manifest import DEDUPE_COLUMNS, file_identity, unchanged_rows
+from curation.settings import setting
 from curation.sheets import contact_sheet
+from curation.steps import Step, Workdir, run_step
 
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
                 "dup_distance": "Int64", "dup_reason": "string", "dup_keeper_reason": "string"}
@@ -106,35 +108,34 @@ def _caption(reason: str, distance) -> str:
     return text + (" *" if LINKED in str(reason) else "")
 
 
-def _cached_hashes(workdir: Path, readable: pd.DataFrame, root: Path,
+def _cached_hashes(work: Workdir, readable: pd.DataFrame,
                    columns: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """Hashes from the last run for files unchanged on disk (path, bytes, mtime), and the
     readable files that changed since the scan."""
-    current = file_identity(readable["path"], root)
+    current = file_identity(readable["path"], work.root)
     differs = (current[["bytes", "mtime"]].to_numpy()
                != readable[["bytes", "mtime"]].to_numpy()).any(axis=1)
     changed = current.loc[differs, "path"].tolist()
-    previous = read_run(workdir, "dedupe") or {}
-    if previous.get("settings", {}).get("hash_method") != HASH_METHOD:
-        return pd.DataFrame(columns=["path", *columns]), changed
-    cached = unchanged_rows(readable, current, columns).dropna(subset=columns)
+    cached = unchanged_rows(readable, current, columns, made_with=work.last().get("hash_method"),
+                            wanted=HASH_METHOD).dropna(subset=columns)
     return cached[["path", *columns]], changed
 
 
-def _hash_all(workdir: Path, readable: pd.DataFrame, root: Path, kinds: tuple[str, ...],
-              workers: int | None, quiet: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def _hash_all(work: Workdir, readable: pd.DataFrame, kinds: tuple[str, ...],
+              workers: int | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Hash columns for every readable file: cached ones reused, each new content hashed once.
 
     Returns (path + hash columns, the freshly hashed rows with hash_error, counts).
     """
     columns = hash_columns(kinds)
-    cached, changed = _cached_hashes(workdir, readable, root, columns)
+    cached, changed = _cached_hashes(work, readable, columns)
     todo = readable[~readable["path"].isin(cached["path"])]
     stale = todo["path"].isin(changed)   # its sha256 is out of date: hash it on its own
     known = readable.loc[readable["path"].isin(cached["path"]), "sha256"]
     pick = todo[stale | (~todo["sha256"].isin(known) & ~todo["sha256"].duplicated())]
     started = time.time()
-    fresh = hash_files([str(root / p) for p in pick["path"]], kinds, workers=workers, quiet=quiet)
+    fresh = hash_files([str(work.root / p) for p in pick["path"]], kinds, workers=workers,
+                       quiet=work.quiet)
     seconds = time.time() - started
     fresh.insert(0, "path", pick["path"].to_numpy())
     computed = pd.concat([cached, fresh.loc[~stale[pick.index].to_numpy(), ["path", *columns]]])
@@ -147,57 +148,68 @@ def _hash_all(workdir: Path, readable: pd.DataFrame, root: Path, kinds: tuple[st
     return hashes, fresh, counts
 
 
-def dedupe(config: DatasetConfig, workdir: Path, *, kinds: str | Sequence[str] = DEFAULT_KINDS,
-           threshold: int | None = None, mirror: bool = True, pixel_check: bool = True,
-           workers: int | None = None, sheet_groups: int = 12, quiet: bool = False) -> dict:
+@dataclass(frozen=True)
+class Settings:
+    """What `curate dedupe` can be told."""
+
+    kinds: tuple[str, ...] = setting(
+        ",".join(DEFAULT_KINDS), "Perceptual hashes, comma-separated from phash, dhash, whash, ahash. The "
+        "first one is searched; with several, every one must be within its threshold.",
+        flag="--hash", check=parse_kinds, kind=str)
+    threshold: int | None = setting(
+        None, "Largest Hamming distance (bits) for every hash. Default: measured per hash "
+        "(phash,dhash: 8 each; phash alone: 6), see docs/dedupe.md.", kind=int, low=0, high=64)
+    mirror: bool = setting(True, "Count mirrored copies as duplicates.")
+    pixel_check: bool = setting(True, "Confirm far-apart matches by pixels.", cli=False)
+    workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
+                                  result=False)
+    sheet_groups: int = setting(12, "Largest groups drawn in <workdir>/dupes.png.", low=0,
+                                high=500, result=False)
+
+
+def run(work: Workdir, settings: Settings) -> dict:
     """Find duplicate groups, add the dedupe columns to the manifest, write dupes.csv/.png."""
-    started = time.time()
-    try:
-        kinds = parse_kinds(kinds)
-        thresholds = thresholds_for(kinds, threshold)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    workdir, root = Path(workdir), Path(config.root)
+    kinds, root = settings.kinds, work.root
+    thresholds = thresholds_for(kinds, settings.threshold)
     columns = hash_columns(kinds)
-    with workdir_lock(workdir):
-        manifest = read_manifest(workdir, required=_SCAN_NEEDS)
-        readable = manifest[manifest["readable"].astype(bool)]
-        hashes, fresh, counts = _hash_all(workdir, readable, root, kinds, workers, quiet)
-        rows = readable[_SCAN_NEEDS].merge(hashes.dropna(subset=columns), on="path")
-        rows = rows.sort_values("path").reset_index(drop=True)
-        hash_arrays = {c: to_uint64(rows[c]) for c in columns}
+    manifest = work.read()
+    readable = manifest[manifest["readable"].astype(bool)]
+    hashes, fresh, counts = _hash_all(work, readable, kinds, settings.workers)
+    rows = readable[_SCAN_NEEDS].merge(hashes.dropna(subset=columns), on="path")
+    rows = rows.sort_values("path").reset_index(drop=True)
+    hash_arrays = {c: to_uint64(rows[c]) for c in columns}
 
-        def digest(index: np.ndarray) -> list:
-            paths = [str(root / p) for p in rows["path"].to_numpy()[index]]
-            return pixel_digests(paths, workers=workers, quiet=quiet)
+    def digest(index: np.ndarray) -> list:
+        paths = [str(root / p) for p in rows["path"].to_numpy()[index]]
+        return pixel_digests(paths, workers=settings.workers, quiet=work.quiet)
 
-        group_started = time.time()
-        result = group_duplicates(rows, hash_arrays, thresholds, mirror=mirror,
-                                  pixel_digest=digest if pixel_check else None)
-        group_seconds = time.time() - group_started
-        new = manifest[["path"]].merge(hashes.astype({c: "string" for c in columns}),
-                                       on="path", how="left").merge(result, on="path", how="left")
-        manifest = merge_columns(manifest, new.astype(OUTPUT_TYPES))
-        write_manifest(manifest, workdir)
-        table = dupes_table(manifest)
-        csv_path = workdir / "dupes.csv"
-        atomic_write(csv_path, lambda tmp: table.to_csv(tmp, index=False))
-        sheet = contact_sheet(sheet_rows(table, root, sheet_groups), workdir / "dupes.png",
-                              max_columns=SHEET_COLUMNS, legend=SHEET_LEGEND,
-                              footer=sheet_footer(table, sheet_groups, SHEET_COLUMNS))
-        summary = summarize(manifest, table, fresh, cached=counts["reused"],
-                            changed=counts["changed"], thresholds=thresholds, mirror=mirror)
-        summary.update(csv=str(csv_path), sheet=str(sheet) if sheet else None,
-                       hash_seconds=round(counts["seconds"], 2),
-                       hash_images_per_second=round(len(fresh) / counts["seconds"], 1)
-                       if len(fresh) and counts["seconds"] > 0 else None,
-                       group_seconds=round(group_seconds, 2),
-                       seconds=round(time.time() - started, 2))
-        settings = {"kinds": list(kinds), "thresholds": thresholds, "mirror": mirror,
-                    "pixel_check": pixel_check, "hash_method": HASH_METHOD,
-                    "pixel_check_radius": PIXEL_CHECK_RADIUS}
-        record_run(workdir, "dedupe", settings=settings, summary=summary, started=started)
+    group_started = time.time()
+    result = group_duplicates(rows, hash_arrays, thresholds, mirror=settings.mirror,
+                              pixel_digest=digest if settings.pixel_check else None)
+    group_seconds = time.time() - group_started
+    new = manifest[["path"]].merge(hashes.astype({c: "string" for c in columns}),
+                                   on="path", how="left").merge(result, on="path", how="left")
+    manifest = work.merge(manifest, new.astype(OUTPUT_TYPES))
+    table = dupes_table(manifest)
+    csv_path = work.write_csv("dupes.csv", table)
+    sheet = contact_sheet(sheet_rows(table, root, settings.sheet_groups), work.out("dupes.png"),
+                          max_columns=SHEET_COLUMNS, legend=SHEET_LEGEND,
+                          footer=sheet_footer(table, settings.sheet_groups, SHEET_COLUMNS))
+    summary = summarize(manifest, table, fresh, cached=counts["reused"],
+                        changed=counts["changed"], thresholds=thresholds, mirror=settings.mirror)
+    summary.update(csv=str(csv_path), sheet=str(sheet) if sheet else None,
+                   hash_seconds=round(counts["seconds"], 2),
+                   hash_images_per_second=round(len(fresh) / counts["seconds"], 1)
+                   if len(fresh) and counts["seconds"] > 0 else None,
+                   group_seconds=round(group_seconds, 2),
+                   seconds=round(time.time() - work.started, 2))
+    work.derived["thresholds"] = thresholds
     return summary
+
+
+def dedupe(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
+    """`curate dedupe` as a function: see Settings for the keyword arguments."""
+    return run_step(STEP, config, workdir, quiet=quiet, **settings)
 
 
 def summarize(manifest: pd.DataFrame, table: pd.DataFrame, fresh: pd.DataFrame, *, cached: int,
@@ -252,3 +264,23 @@ def describe(summary: dict) -> str:
     sheet = f" and {summary['sheet']}" if summary["sheet"] else ""
     lines.append(f"wrote {summary['csv']}{sheet}")
     return "\n".join(lines)
+
+
+HELP = """Find exact and near-duplicate photos, keep one per group, and report train/test leaks.
+
+\b
+Example: curate dedupe indian-cars-7
+         curate dedupe stanford-cars-25 --hash phash --threshold 6 --no-mirror
+Exact: same bytes, or same pixels in another file format. Near: resized, re-compressed,
+cropped by a few percent, brightened, watermarked or mirrored copies. The keeper of each
+group has the most pixels, then the most bytes per pixel, then the first path. Adds hash
+columns and dup_group, dup_keeper, dup_of, dup_distance, dup_reason to the manifest and
+writes dupes.csv and dupes.png; a re-run only hashes new or changed files.
+"""
+
+
+STEP = Step("dedupe", Settings, run, describe, help=HELP, needs=tuple(_SCAN_NEEDS),
+            uses=("label", "given_split"),
+            adds=(*DEDUPE_COLUMNS, "dup_reason", "dup_keeper_reason"),
+            outputs=("dupes.csv",),
+            constants={"hash_method": HASH_METHOD, "pixel_check_radius": PIXEL_CHECK_RADIUS})

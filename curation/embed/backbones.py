@@ -11,8 +11,6 @@ from pathlib import Path
 
 from curation.config import BACKBONES, ConfigError, weights_dir
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 @dataclass(frozen=True)
 class BackboneSpec:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from curation.vocabulary import unit_rows
+
 REASONS = ("non_car", "mislabel", "outlier")
 SIGNAL_COLUMNS = ["noise_ood", "noise_outlier", "noise_mislabel", "noise_given_prob"]
 
@@ -45,15 +47,15 @@ class Signals:
 
 def unit_vectors(embeddings: np.ndarray) -> np.ndarray:
     """L2-normalised float32 rows (cosine geometry)."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(embeddings, np.float32)
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """(v - median) / (1.4826 MAD): a z-score that the outliers themselves cannot inflate."""
-    median = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - median))
-    return (values - median) / max(mad, 1e-9)
+    """(v - median) / (normal-scaled MAD): a z-score that the outliers themselves cannot inflate."""
+    from scipy.stats import median_abs_deviation
+
+    mad = median_abs_deviation(values, scale="normal")
+    return (values - np.median(values)) / max(mad, 1e-9)
 
 
 def robust_centre(vectors: np.ndarray, *, trim: float = 0.8, rounds: int = 5) -> np.ndarray:

@@ -9,21 +9,25 @@ bytes) with one label, so copies are embedded and judged once and never straddle
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from curation.config import ConfigError, DatasetConfig, check_root
+from curation.config import BACKBONES, ConfigError, DatasetConfig, check_root
 from curation.embed.cache import embed_files, embed_manifest, representatives
+from curation.figures import save_png
 from curation.images import image_files
-from curation.manifest import (NOISE_COLUMNS, atomic_write, merge_columns, read_manifest, record_run,
-                       workdir_lock, write_manifest)
+from curation.manifest import NOISE_COLUMNS, atomic_write
 from curation.noise.signals import REASONS, SIGNAL_COLUMNS, NoiseParams, decide, noise_signals
+from curation.settings import SettingError, setting
 from curation.sheets import contact_sheet
+from curation.steps import Step, Workdir, run_step
 
 OUTPUT_COLUMNS = [*NOISE_COLUMNS, *SIGNAL_COLUMNS]
+
+
 def judging_units(rows: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
     """(unit index per row, units table with rep path, label, first row and fold group per unit)."""
     keys = pd.DataFrame({"rep": representatives(rows).to_numpy(),
@@ -71,50 +75,79 @@ def outside_photos(folder: Path) -> list[str]:
     return sorted(str(p.resolve()) for p in image_files(folder))
 
 
-def flag_noise(config: DatasetConfig, workdir: Path, *, backbone: str | None = None,
-               weights: str | None = None, folds: int = 5, seed: int = 0,
-               threshold: float | None = None, max_flag_rate: float | None = 0.3,
-               batch_size: int = 32, tta: bool = True, audit: bool = False,
-               noncar_dir: Path | None = None, audit_rate: float = 0.05,
-               workers: int | None = None, quiet: bool = False) -> dict:
+@dataclass(frozen=True)
+class Settings:
+    """What `curate flag-noise` can be told."""
+
+    backbone: str | None = setting(None, "Embedding backbone [default: datasets.yaml].",
+                                   choices=BACKBONES, config="backbone")
+    weights: str | None = setting(None, "imagenet (a file from $CURATE_WEIGHTS, else Keras "
+                                  "downloads it), a no-top weights file, or none "
+                                  "[default: datasets.yaml].", config="weights", kind=str)
+    image_size: int | None = setting(None, "Square input size in pixels [default: datasets.yaml].",
+                                     kind=int, low=32, high=1024, config="image_size")
+    folds: int = setting(5, "Cross-validation folds of the mislabel head.", low=2, high=20)
+    seed: int = setting(0, "Same seed, same flags.")
+    threshold: float | None = setting(
+        None, "Flag when noise_score >= this (default: automatic, each signal's own cut from "
+        "confident learning's noise-rate estimate and robust z-scores).", kind=float, low=0,
+        high=1, low_open=True, high_open=True, run_flag="--noise-threshold")
+    max_flag_rate: float | None = setting(0.3, "Flag at most this fraction of images (top scores).",
+                                          kind=float, low=0, high=1, low_open=True)
+    batch_size: int = setting(32, "Images per embedding batch.", low=1, high=1024,
+                              run_flag="--embed-batch-size")
+    tta: bool = setting(True, "Average each embedding with its mirror image's (2x slower, "
+                        "finds more).")
+    workers: int | None = setting(None, "Image-loading threads.", kind=int, low=1, high=256,
+                                  result=False)
+    audit: bool = setting(False, "Also plant known noise in memory (5% wrong labels, and outside "
+                          "photos with --noncar-dir) and report how much of it is caught.",
+                          result=False)
+    noncar_dir: Path | None = setting(None, "Folder of non-car photos for --audit to plant "
+                                      "(never copied).", path="dir", exists=True, result=False)
+    audit_rate: float = setting(0.05, "Share of planted noise.", cli=False, result=False)
+
+    def __post_init__(self):
+        if self.noncar_dir is not None and not self.audit:
+            raise SettingError("flag-noise: option --noncar-dir is used by --audit; add --audit")
+
+
+def run(work: Workdir, settings: Settings) -> dict:
     """Flag suspect images in <workdir>/manifest.parquet and write the noise outputs."""
-    started = time.time()
-    check_root(config)
-    workdir = Path(workdir).resolve()
-    backbone = backbone or config.backbone
-    weights = weights or config.weights
-    params = NoiseParams(folds=folds, seed=seed)
-    embed_options = dict(backbone=backbone, weights=weights, image_size=config.image_size,
-                         batch_size=batch_size, tta=tta, seed=seed, loaders=workers,
-                         quiet=quiet)
-    with workdir_lock(workdir):
-        manifest = read_manifest(workdir, required=["path", "label", "readable", "bytes", "mtime"])
-        rows = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
-        run = embed_manifest(rows, config.root, workdir, **embed_options)
-        ok = ~np.isnan(run.vectors).any(axis=1) if run.vectors.size else np.zeros(len(rows), bool)
-        rows, vectors = rows[ok].reset_index(drop=True), run.vectors[ok]
-        if len(rows) < 3:
-            raise ConfigError(f"dataset '{config.name}': only {len(rows)} readable images could "
-                              f"be embedded; flag-noise needs at least 3")
-        flags, info = judge(rows, vectors, params, threshold=threshold, max_flag_rate=max_flag_rate)
-        manifest = merge_columns(manifest, _typed(flags))
-        write_manifest(manifest, workdir)
-        shown = flags.assign(label=rows["label"].to_numpy(),
-                             rep=representatives(rows).to_numpy())
-        outputs = write_outputs(shown, config.root, workdir, threshold)
-        summary = summarize(flags, info, run, outputs, threshold=threshold,
-                            max_flag_rate=max_flag_rate, seconds=time.time() - started)
-        summary.update(backbone=backbone, weights=str(weights))
-        if audit:
-            summary["audit"] = run_audit(rows, vectors, workdir, noncar_dir, params,
-                                         rate=audit_rate, embed_options=embed_options)
-        settings = {"backbone": backbone, "weights": str(weights), "image_size": config.image_size,
-                    "tta": tta, "threshold": threshold, "max_flag_rate": max_flag_rate,
-                    "audit": audit, "noncar_dir": str(noncar_dir) if noncar_dir else None,
-                    **asdict(params)}
-        summary["seconds"] = round(time.time() - started, 2)
-        record_run(workdir, "flag-noise", settings=settings, summary=summary, started=started)
+    check_root(work.config)
+    params = NoiseParams(folds=settings.folds, seed=settings.seed)
+    embed_options = dict(backbone=settings.backbone, weights=settings.weights,
+                         image_size=settings.image_size, batch_size=settings.batch_size,
+                         tta=settings.tta, seed=settings.seed, loaders=settings.workers,
+                         quiet=work.quiet)
+    manifest = work.read()
+    rows = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
+    run = embed_manifest(rows, work.root, work.path.resolve(), **embed_options)
+    ok = ~np.isnan(run.vectors).any(axis=1) if run.vectors.size else np.zeros(len(rows), bool)
+    rows, vectors = rows[ok].reset_index(drop=True), run.vectors[ok]
+    if len(rows) < 3:
+        raise ConfigError(f"dataset '{work.config.name}': only {len(rows)} readable images could "
+                          f"be embedded; flag-noise needs at least 3")
+    flags, info = judge(rows, vectors, params, threshold=settings.threshold,
+                        max_flag_rate=settings.max_flag_rate)
+    work.merge(manifest, _typed(flags))
+    shown = flags.assign(label=rows["label"].to_numpy(), rep=representatives(rows).to_numpy())
+    outputs = write_outputs(shown, work.root, work.path, settings.threshold)
+    summary = summarize(flags, info, run, outputs, threshold=settings.threshold,
+                        max_flag_rate=settings.max_flag_rate,
+                        seconds=time.time() - work.started)
+    summary.update(backbone=settings.backbone, weights=str(settings.weights))
+    if settings.audit:
+        summary["audit"] = run_audit(rows, vectors, work.path.resolve(), settings.noncar_dir,
+                                     params, rate=settings.audit_rate, embed_options=embed_options)
+    work.derived.update({k: v for k, v in asdict(params).items() if k not in ("folds", "seed")})
+    summary["seconds"] = round(time.time() - work.started, 2)
     return summary
+
+
+def flag_noise(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
+    """`curate flag-noise` as a function: see Settings for the keyword arguments."""
+    return run_step(STEP, config, workdir, quiet=quiet, **settings)
 
 
 def _typed(flags: pd.DataFrame) -> pd.DataFrame:
@@ -172,12 +205,10 @@ def _caption(row) -> str:
 
 def write_histogram(flags: pd.DataFrame, out: Path, threshold: float) -> Path:
     """Stacked histogram of noise_score by reason (log counts) with the threshold line."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.5), dpi=110)
+    figure = Figure(figsize=(7, 3.5), dpi=110)
+    axis = figure.subplots()
     bins = np.linspace(0, 1, 41)
     reasons = flags["noise_reason"].fillna("not flagged")
     names = ["not flagged", *REASONS]
@@ -188,9 +219,7 @@ def write_histogram(flags: pd.DataFrame, out: Path, threshold: float) -> Path:
     axis.set_ylabel("images")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    atomic_write(out, lambda tmp: figure.savefig(tmp, format="png"))
-    plt.close(figure)
-    return out
+    return save_png(figure, out)
 
 
 def summarize(flags: pd.DataFrame, info: dict, run, outputs: dict, *, threshold, max_flag_rate,
@@ -258,3 +287,21 @@ def describe_audit(result: dict) -> str:
     if "auroc" in result:
         lines.append(f"  noise_score AUROC {result['auroc']:.3f}")
     return "\n".join(lines)
+
+
+HELP = """Flag non-car photos, wrong labels and outliers from backbone embeddings.
+
+\b
+Example: curate flag-noise stanford-cars-25
+         curate flag-noise ~/photos/cars --weights ~/mobilenet_v2_no_top.h5
+         curate flag-noise stanford-cars-25 --audit --noncar-dir ~/non-car
+Embeddings are cached in <workdir>/embeddings (only new files are embedded again). Adds
+noise_score, noise_flag, noise_reason, suggested_label and one column per signal to the
+manifest, and writes noise.csv, noise_suspects.png and noise_scores.png. Files are never
+changed.
+"""
+
+
+STEP = Step("flag-noise", Settings, run, describe, help=HELP,
+            needs=("path", "label", "readable", "bytes", "mtime"), uses=("sha256", "dup_of"),
+            adds=tuple(OUTPUT_COLUMNS), outputs=("noise.csv",))

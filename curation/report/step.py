@@ -15,9 +15,10 @@ import pandas as pd
 
 from curation.report import html_page as h
 from curation.config import DatasetConfig
-from curation.leaks import leak_report, manifest_groups, split_sort_key
+from curation.leaks import leak_report
+from curation.vocabulary import HELD_OUT, manifest_groups, split_sort_key
 from curation.manifest import atomic_write_text, read_manifest
-from curation.pipeline import STEPS
+from curation.registry import RECORD_ORDER
 from curation.report.model_sections import model_sections
 from curation.scan.step import error_reason
 from curation.sheets import thumbnail_data_uri
@@ -142,7 +143,7 @@ def duplicates_section(ctx: Context) -> str:
                                f"groups per split pair: {pairs}. A test image with a copy in "
                                f"train inflates test accuracy."))
         body += h.cards(_group_gallery(ctx, frame[frame["group"] == group], f"group {group}",
-                                       leak_splits=("test", "validation"))
+                                       leak_splits=HELD_OUT)
                         for group in leaking[:MAX_GROUPS])
         if len(leaking) > MAX_GROUPS:
             body += h.paragraph(f"… and {len(leaking) - MAX_GROUPS} more groups: see "
@@ -256,9 +257,8 @@ def read_runs(workdir: Path) -> dict:
         record = json.loads(path.read_text())
         if "step" in record:
             records.append(record)
-    order = [*STEPS[:STEPS.index("split")], "review", *STEPS[STEPS.index("split"):]]
-    position = {step: i for i, step in enumerate(order)}
-    records.sort(key=lambda r: (position.get(r["step"], len(order)), r.get("finished", "")))
+    position = {step: i for i, step in enumerate(RECORD_ORDER)}
+    records.sort(key=lambda r: (position.get(r["step"], len(RECORD_ORDER)), r.get("finished", "")))
     return {r["step"]: r for r in records}
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from curation.config import ConfigError
+from curation.errors import CurateError
 
 DB_DIR_ENV = "CURATE_FO_DB_DIR"
 DATASET_ENV = "CURATE_FO_DATASET"
@@ -35,7 +36,7 @@ FIX_HINT = ("reinstall FiftyOne's database build for this system: "
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$")
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(CurateError, RuntimeError):
     """FiftyOne's database cannot be found, started or reached; the message says how to fix it."""
 
 

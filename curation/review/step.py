@@ -14,18 +14,23 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pandas as pd
 
 from curation.config import ConfigError, DatasetConfig
-from curation.review.fiftyone_db import dataset_name, fiftyone_database, import_fiftyone, port_in_use, resolve_db_dir
-from curation.manifest import (REVIEW_COLUMNS, merge_columns, read_manifest, record_run, workdir_lock,
-                       write_manifest)
-from curation.review.dataset import (WORKSPACE, build_dataset, compute_map, load_embeddings,
-                             resolve_map_method, save_problem_view, save_views)
+from curation.errors import CurateError
+from curation.review.fiftyone_db import (dataset_name, fiftyone_database, import_fiftyone,
+                                         port_in_use, resolve_db_dir)
+from curation.manifest import DEDUPE_COLUMNS, NOISE_COLUMNS, REVIEW_COLUMNS
+from curation.review.dataset import (MAP_METHODS, WORKSPACE, build_dataset, compute_map,
+                                     load_embeddings, resolve_map_method, save_problem_view,
+                                     save_views)
 from curation.review.tags import DECISIONS, FLAG_TAGS, read_decisions
+from curation.settings import setting
+from curation.steps import Step, Workdir, execute, resolve_settings, run_step
 
 DEFAULT_PORT = 5151
 DEFAULT_ADDRESS = "127.0.0.1"
@@ -33,6 +38,10 @@ LISTED = 20
 
 
 # ---- the App --------------------------------------------------------------------------------
+
+class AppTimeout(CurateError, TimeoutError):
+    """The FiftyOne App did not answer in time."""
+
 
 def app_url(host: str, port: int, name: str, view_slug: str | None = None) -> str:
     """The App's URL for a dataset (and saved view)."""
@@ -49,7 +58,7 @@ def wait_for_http(url: str, timeout: float = 120) -> int:
                 return response.status
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             if time.time() > deadline:
-                raise TimeoutError(f"the FiftyOne App did not answer at {url} in {timeout:.0f} s")
+                raise AppTimeout(f"the FiftyOne App did not answer at {url} in {timeout:.0f} s")
             time.sleep(0.5)
 
 
@@ -97,56 +106,75 @@ def serve_app(fo, dataset, *, address: str, port: int, announce: Callable[[str],
 
 # ---- the steps ------------------------------------------------------------------------------
 
-def review(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = None,
-           db_dir: str | Path | None = None, launch: bool = True,
-           address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT, map_method: str = "auto",
-           seed: int = 0, quiet: bool = False,
-           announce: Callable[[str], None] = print) -> dict:
-    """Build or update the review dataset from the manifest, then serve the App unless not launch."""
-    started = time.time()
-    name = dataset_name(config.name, fo_dataset)
-    method = resolve_map_method(map_method)
+@dataclass(frozen=True)
+class SyncSettings:
+    """Where the reviewed FiftyOne dataset is."""
+
+    fo_dataset: str | None = setting(None, "FiftyOne dataset name [env CURATE_FO_DATASET; "
+                                     "default: curate-<dataset>].", kind=str)
+    db_dir: Path | None = setting(None, "Keep the FiftyOne database in this folder, served by a "
+                                  "private mongod [env CURATE_FO_DB_DIR; default: FiftyOne's "
+                                  "own database].", path="dir")
+
+
+@dataclass(frozen=True)
+class Settings(SyncSettings):
+    """What `curate review` can be told about the dataset it builds."""
+
+    map_method: str = setting("auto", "2-D map of the cached embeddings (auto: umap if "
+                              "umap-learn is installed, else tsne).", choices=MAP_METHODS)
+    seed: int = setting(0, "Seed of the 2-D map.")
+
+
+def build(work: Workdir, settings: Settings) -> dict:
+    """Build or update the review dataset from the manifest (inside the live database)."""
+    fo, where = work.context["fo"], work.context["where"]
+    name = dataset_name(work.config.name, settings.fo_dataset)
+    method = resolve_map_method(settings.map_method)
+    manifest = work.read()
+    dataset, counts = build_dataset(fo, name, manifest, work.root.resolve())
+    views = save_views(fo, dataset)
+    mapped = compute_map(fo, dataset, load_embeddings(work.path, manifest), method, settings.seed,
+                         announce=work.context.get("announce"))
+    tags = dataset.count_sample_tags()
+    work.derived.update(dataset=name, map_method=method)
+    return {"dataset": name, "database": where, **counts, "flags": _tag_counts(tags),
+            "decided": _decision_counts(tags), "views": views, **mapped,
+            "seconds": round(time.time() - work.started, 2)}
+
+
+def review(config: DatasetConfig, workdir: Path, *, launch: bool = True,
+           address: str = DEFAULT_ADDRESS, port: int = DEFAULT_PORT, quiet: bool = False,
+           announce: Callable[[str], None] = print, **settings) -> dict:
+    """Build or update the review dataset, then serve the App unless not launch (see Settings)."""
+    resolved = resolve_settings(REVIEW, config, settings)
     if launch and port_in_use(port, address):
         raise ConfigError(f"port {port} on {address} is already in use (another FiftyOne App?): "
                           f"choose a free one with --port")
-    folder = resolve_db_dir(db_dir)
-    with fiftyone_database(folder) as where:
+    with fiftyone_database(resolve_db_dir(resolved.db_dir)) as where:
         fo = import_fiftyone()
         fo.config.show_progress_bars = not quiet
-        with workdir_lock(workdir):
-            manifest = read_manifest(workdir, required=["path", "label", "readable"])
-            dataset, counts = build_dataset(fo, name, manifest, config.root.resolve())
-            views = save_views(fo, dataset)
-            mapped = compute_map(fo, dataset, load_embeddings(workdir, manifest), method, seed,
-                                 announce=None if quiet else announce)
-            tags = dataset.count_sample_tags()
-            summary = {"dataset": name, "database": where, **counts, "flags": _tag_counts(tags),
-                       "decided": _decision_counts(tags), "views": views, **mapped,
-                       "seconds": round(time.time() - started, 2)}
-            settings = {"fo_dataset": name, "db_dir": str(folder) if folder else None,
-                        "map_method": method, "seed": seed}
-            record_run(workdir, "review", settings=settings, summary=summary, started=started)
+        context = {"fo": fo, "where": where, "announce": None if quiet else announce}
+        summary = execute(REVIEW, resolved, config, workdir, quiet=quiet, context=context)
         if launch:
             announce(describe(summary))
-            summary.update(serve_app(fo, dataset, address=address, port=port, announce=announce))
+            summary.update(serve_app(fo, fo.load_dataset(summary["dataset"]), address=address,
+                                     port=port, announce=announce))
     return summary
 
 
-def sync(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = None,
-         db_dir: str | Path | None = None, quiet: bool = False) -> dict:
+def take_decisions(work: Workdir, settings: SyncSettings) -> dict:
     """Write the reviewer's decisions from the FiftyOne dataset into the manifest."""
-    started = time.time()
-    name = dataset_name(config.name, fo_dataset)
-    folder = resolve_db_dir(db_dir)
-    with fiftyone_database(folder) as where, workdir_lock(workdir):
+    config, name = work.config, dataset_name(work.config.name, settings.fo_dataset)
+    with fiftyone_database(resolve_db_dir(settings.db_dir)) as where:
         fo = import_fiftyone()
-        fo.config.show_progress_bars = not quiet
+        fo.config.show_progress_bars = not work.quiet
         if not fo.dataset_exists(name):
             raise ConfigError(f"no FiftyOne dataset {name!r} in {where}: run "
                               f"`curate review {config.name} --no-launch` first (same --db-dir "
                               f"and --fo-dataset)")
         dataset = fo.load_dataset(name)
-        manifest = read_manifest(workdir, required=["path", "label"])
+        manifest = work.read()
         samples = pd.DataFrame(dict(zip(
             ["path", "tags", "current_label", "given_label", "suggested_label"],
             dataset.values(["path", "tags", "ground_truth.label", "given_label",
@@ -158,15 +186,18 @@ def sync(config: DatasetConfig, workdir: Path, *, fo_dataset: str | None = None,
         after = before.set_index("path")
         after.loc[decided["path"], REVIEW_COLUMNS] = decided.set_index("path")[REVIEW_COLUMNS]
         after = after.reset_index()
-        write_manifest(merge_columns(manifest, after), workdir)
+        work.merge(manifest, after)
         problems = decided[decided["review_problem"].notna()]
         save_problem_view(dataset, problems["path"].tolist())
-        summary = _sync_summary(name, where, before, after, problems,
-                                unsynced=int((~manifest["path"].isin(samples["path"])).sum()),
-                                seconds=time.time() - started)
-        record_run(workdir, "review-sync", settings={"fo_dataset": name, "classes": list(classes)},
-                   summary=summary, started=started)
-    return summary
+        work.derived.update(dataset=name, classes=list(classes))
+        return _sync_summary(name, where, before, after, problems,
+                             unsynced=int((~manifest["path"].isin(samples["path"])).sum()),
+                             seconds=time.time() - work.started)
+
+
+def sync(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
+    """`curate review --sync` as a function: see SyncSettings for the keyword arguments."""
+    return run_step(SYNC, config, workdir, quiet=quiet, **settings)
 
 
 def _review_columns(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -236,3 +267,9 @@ def describe(summary: dict) -> str:
     if "url" in summary:
         lines.append(f"App served at {summary['url']} for {summary['app_seconds']} s.")
     return "\n".join(lines)
+
+
+REVIEW = Step("review", Settings, build, describe, needs=("path", "label", "readable"),
+              uses=("given_split", "split", *DEDUPE_COLUMNS, *NOISE_COLUMNS))
+SYNC = Step("review-sync", SyncSettings, take_decisions, describe, needs=("path", "label"),
+            adds=tuple(REVIEW_COLUMNS))

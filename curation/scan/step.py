@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from curation.config import GIVEN_SPLIT_NAMES, ConfigError, DatasetConfig, check_classes, check_root
+from curation.config import ConfigError, DatasetConfig, check_classes, check_root
 from curation.errors import ManifestUnreadable
 from curation.images import DEFAULT_MAX_PIXELS, ImageError, probe
 from curation.manifest import (SCAN_COLUMNS, ManifestMissing, manifest_path, merge_columns,
-                       read_manifest, record_run, unchanged_rows, workdir_lock, write_manifest)
+                               read_manifest, unchanged_rows)
 from curation.parallel import map_files
+from curation.settings import setting
+from curation.steps import Step, Workdir, run_step
+from curation.vocabulary import GIVEN_SPLIT_NAMES
 
 _CHECKED_COLUMNS = ["readable", "error", "format", "mode", "width", "height", "sha256"]
 
@@ -130,46 +133,64 @@ def error_reason(error: str | None) -> str | None:
     return None if error is None else error.split(":", 1)[0]
 
 
-def scan(config: DatasetConfig, workdir: Path, *, workers: int | None = None,
-         max_pixels: int = DEFAULT_MAX_PIXELS, quiet: bool = False) -> dict:
-    """Scan the dataset root into <workdir>/manifest.parquet and return the summary."""
-    started = time.time()
-    check_root(config)
-    workdir = Path(workdir).resolve()
-    root = config.root.resolve()
+@dataclass(frozen=True)
+class Settings:
+    """What `curate scan` can be told."""
+
+    workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
+                                  result=False)
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Refuse images larger than this "
+                              "(decompression-bomb guard).", low=1)
+
+
+def check_places(work: Workdir, settings: Settings) -> None:
+    """The root must exist and the workdir must lie outside it (curate never writes there)."""
+    check_root(work.config)
+    workdir, root = work.path.resolve(), work.root.resolve()
     if workdir == root or root in workdir.parents:
         raise ConfigError(f"workdir {workdir} is inside the dataset root {root}; "
                           f"curate never writes there: choose another --workdir")
-    with workdir_lock(workdir):
-        listing = list_files(root, config.layout)
-        current = pd.DataFrame([f.__dict__ for f in listing.files],
-                               columns=["path", "label", "given_split", "bytes", "mtime"])
-        check_classes(config, set(current["label"].dropna()))
-        try:
-            old = read_manifest(workdir)
-        except ManifestMissing:
-            old = None
-        except ManifestUnreadable:   # scan is the recovery: rebuild from the files
-            print(f"note: {manifest_path(workdir)} is unreadable; rebuilding it from the files",
-                  file=sys.stderr)
-            old = None
-        cached = unchanged_rows(old, current, _CHECKED_COLUMNS)
-        todo = current[~current["path"].isin(cached["path"])]
-        checked = map_files(check_file, [(str(root / p), max_pixels) for p in todo["path"]],
-                            workers=workers, desc="scan", quiet=quiet)
-        fresh = pd.concat([todo.reset_index(drop=True), pd.DataFrame(checked, columns=_CHECKED_COLUMNS)],
-                          axis=1)
-        reused = current.merge(cached.drop(columns=["bytes", "mtime"]), on="path")
-        manifest = pd.concat([reused, fresh], ignore_index=True) if len(reused) else fresh
-        manifest = _typed(manifest)[SCAN_COLUMNS]
-        if old is not None:
-            later = [c for c in old.columns if c not in SCAN_COLUMNS]
-            manifest = merge_columns(manifest, cached[["path"]].merge(old[["path", *later]], on="path"))
-        write_manifest(manifest, workdir)
-        summary = summarize(manifest, listing, reused=len(reused), seconds=time.time() - started)
-        settings = {"root": str(root), "layout": listing.layout, "max_pixels": max_pixels}
-        record_run(workdir, "scan", settings=settings, summary=summary, started=started)
-    return summary
+
+
+def _previous_manifest(work: Workdir) -> pd.DataFrame | None:
+    try:
+        return read_manifest(work.path)
+    except ManifestMissing:
+        return None
+    except ManifestUnreadable:   # scan is the recovery: rebuild from the files
+        print(f"note: {manifest_path(work.path)} is unreadable; rebuilding it from the files",
+              file=sys.stderr)
+        return None
+
+
+def run(work: Workdir, settings: Settings) -> dict:
+    """Scan the dataset root into <workdir>/manifest.parquet and return the summary."""
+    root = work.root.resolve()
+    listing = list_files(root, work.config.layout)
+    current = pd.DataFrame([f.__dict__ for f in listing.files],
+                           columns=["path", "label", "given_split", "bytes", "mtime"])
+    check_classes(work.config, set(current["label"].dropna()))
+    old = _previous_manifest(work)
+    cached = unchanged_rows(old, current, _CHECKED_COLUMNS)
+    todo = current[~current["path"].isin(cached["path"])]
+    checked = map_files(check_file, [(str(root / p), settings.max_pixels) for p in todo["path"]],
+                        workers=settings.workers, desc="scan", quiet=work.quiet)
+    fresh = pd.concat([todo.reset_index(drop=True), pd.DataFrame(checked, columns=_CHECKED_COLUMNS)],
+                      axis=1)
+    reused = current.merge(cached.drop(columns=["bytes", "mtime"]), on="path")
+    manifest = pd.concat([reused, fresh], ignore_index=True) if len(reused) else fresh
+    manifest = _typed(manifest)[SCAN_COLUMNS]
+    if old is not None:
+        later = [c for c in old.columns if c not in SCAN_COLUMNS]
+        manifest = merge_columns(manifest, cached[["path"]].merge(old[["path", *later]], on="path"))
+    work.write(manifest)
+    work.derived.update(root=str(root), layout=listing.layout)
+    return summarize(manifest, listing, reused=len(reused), seconds=time.time() - work.started)
+
+
+def scan(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
+    """`curate scan` as a function: see Settings for the keyword arguments."""
+    return run_step(STEP, config, workdir, quiet=quiet, **settings)
 
 
 def _typed(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -223,3 +244,18 @@ def describe(summary: dict) -> str:
     if summary["empty_class_folders"]:
         lines.append("empty class folders: " + ", ".join(summary["empty_class_folders"]))
     return "\n".join(lines)
+
+
+HELP = """List every file under the dataset root, check it decodes, and write the manifest.
+
+\b
+Example: curate scan stanford-cars-25 --workers 4
+         curate scan ~/photos/cars --json
+Unchanged files (same path, size, mtime) reuse their cached rows.
+"""
+
+
+STEP = Step("scan", Settings, run, describe, help=HELP, adds=tuple(SCAN_COLUMNS),
+            check=check_places,
+            uses=("path", "bytes", "mtime", "sha256", "readable", "label", "given_split"),
+            always=True)

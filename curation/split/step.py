@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from curation.config import ConfigError, DatasetConfig, validate_ratios
-from curation.leaks import describe_leaks, leak_report, manifest_groups
-from curation.manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
-                       workdir_lock, write_manifest)
+from curation.leaks import describe_leaks, leak_report
+from curation.settings import SettingError, record_of, setting
+from curation.split.materialize import LINK_MODES
+from curation.steps import Step, Workdir, run_step
+from curation.vocabulary import (EXCLUDED, GIVEN_TO_SPLIT, KEEPER_ASCENDING, KEEPER_KEYS, SPLITS,
+                                 keeper_keys, manifest_groups)
 
-SPLITS = ("train", "val", "test")
-EXCLUDED = "excluded"
 EXCLUDE_RULES = ("unreadable", "noise", "dropped")
 REASONS = ("unreadable", "unlabelled", "dropped", "noise", "duplicate")
-GIVEN_TO_SPLIT = {"train": "train", "validation": "val", "val": "val", "test": "test"}
 SPLIT_OUTPUT_COLUMNS = ["split", "split_label", "split_excluded_by"]
 
 
@@ -151,7 +152,7 @@ def exclusion_reasons(frame: pd.DataFrame, groups, keepers=None, *, exclude=EXCL
     frame holds `split_label`, `readable`, optionally `review_decision`, `noise_flag`, `width`,
     `height`, `bytes`, `path`. Rules: unreadable, unlabelled (always), dropped (reviewed drop), noise
     (flagged and not reviewed keep/relabel), duplicate (every member of a group but one, unless
-    keep_duplicates: the keeper, or when it is excluded, the member with most pixels, bytes, then path).
+    keep_duplicates: the keeper, or when it is excluded, the next by the keeper rule).
     """
     unknown = set(exclude) - set(EXCLUDE_RULES)
     if unknown:
@@ -179,18 +180,15 @@ def _column(frame: pd.DataFrame, name: str, default) -> pd.Series:
 
 
 def _non_representatives(frame, groups, keepers, used: np.ndarray) -> np.ndarray:
-    """Used members of a duplicate group other than the one that represents it."""
-    ranked = pd.DataFrame({
-        "group": pd.Series(groups, dtype="Int64").to_numpy(),
-        "keeper": pd.Series(keepers if keepers is not None else [False] * len(frame),
-                            dtype="boolean").fillna(False).to_numpy(bool),
-        "pixels": (_column(frame, "width", 0).astype("Float64")
-                   * _column(frame, "height", 0).astype("Float64")).fillna(0).to_numpy(float),
-        "bytes": _column(frame, "bytes", 0).to_numpy(),
-        "path": frame["path"].astype(str).to_numpy(),
-    })[used & pd.Series(groups, dtype="Int64").notna().to_numpy()]
-    ranked = ranked.sort_values(["group", "keeper", "pixels", "bytes", "path"],
-                                ascending=[True, False, False, False, True])
+    """Used members of a duplicate group other than the one that represents it: dedupe's keeper,
+    else the first by the keeper rule (curation/vocabulary.py)."""
+    ranked = keeper_keys(frame.reset_index(drop=True))
+    ranked["group"] = pd.Series(groups, dtype="Int64").to_numpy()
+    ranked["keeper"] = pd.Series(keepers if keepers is not None else [False] * len(frame),
+                                 dtype="boolean").fillna(False).to_numpy(bool)
+    ranked = ranked[used & ranked["group"].notna().to_numpy()]
+    ranked = ranked.sort_values(["group", "keeper", *KEEPER_KEYS],
+                                ascending=[True, False, *KEEPER_ASCENDING], kind="stable")
     others = ranked.index[ranked.duplicated("group", keep="first")]
     mask = np.zeros(len(frame), dtype=bool)
     mask[others] = True
@@ -199,49 +197,79 @@ def _non_representatives(frame, groups, keepers, used: np.ndarray) -> np.ndarray
 
 # ---- the step: read the manifest, apply the policy, assign, write -----------------------------
 
-def split(config: DatasetConfig, workdir: Path, *, ratios=None, seed: int = 0,
-          keep_duplicates: bool = False, exclude=EXCLUDE_RULES, respect_given: bool = False,
-          fix_leaks: bool = False, reshuffle: bool = False, materialize: Path | None = None,
-          link: str = "auto", quiet: bool = False) -> dict:
+def _rules(value) -> tuple[str, ...]:
+    """--exclude values: 'none' means no rule."""
+    return tuple(rule for rule in ((value,) if isinstance(value, str) else value) if rule != "none")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `curate split` can be told."""
+
+    ratios: tuple[float, float, float] | None = setting(
+        None, "train,val,test fractions, e.g. 0.6,0.2,0.2 [default: datasets.yaml].",
+        check=validate_ratios, config="ratios", kind=str)
+    seed: int = setting(0, "Random seed; same seed, same split.")
+    keep_duplicates: bool = setting(False, "Keep every member of a duplicate group, in its "
+                                    "keeper's split (default: only one per group).")
+    exclude: tuple[str, ...] = setting(
+        EXCLUDE_RULES, "Exclusion rules (repeat the option; 'none' for no rule): unreadable "
+        "files, noise flagged by flag-noise (unless reviewed keep/relabel), reviewed drops. "
+        "Unlabelled images are always excluded.", choices=(*EXCLUDE_RULES, "none"), many=True,
+        check=_rules)
+    respect_given: bool = setting(False, "Keep the folders' train/validation/test split and "
+                                  "report duplicate groups that cross it.")
+    fix_leaks: bool = setting(False, "With --respect-given: move each crossing group whole into "
+                              "the first of train, val, test it touches.")
+    reshuffle: bool = setting(False, "Re-split every image (default: images that already have a "
+                              "split keep it; only new ones are placed).", result=False)
+    materialize: Path | None = setting(None, "Also lay out DIR/{train,val,test}/<class>/ as links "
+                                       "to the images.", path="dir", result=False)
+    link: str = setting("auto", "How --materialize makes files (auto: hard link, else symlink, "
+                        "else copy).", choices=LINK_MODES, result=False)
+
+    def __post_init__(self):
+        if self.fix_leaks and not self.respect_given:
+            raise SettingError("split: option --fix-leaks goes with --respect-given: a fresh "
+                               "split is leak-free by construction")
+
+
+def run(work: Workdir, settings: Settings) -> dict:
     """Assign train/val/test/excluded to every image of the manifest and return the summary."""
     from curation.split import materialize as layout
 
-    started = time.time()
-    ratios = validate_ratios(ratios) if ratios is not None else tuple(config.ratios)
-    if fix_leaks and not respect_given:
-        raise ConfigError("--fix-leaks goes with --respect-given: a fresh split is leak-free by "
-                          "construction")
-    target = layout.check_target(materialize, config.root) if materialize else None
-    settings = {"ratios": list(ratios), "seed": seed, "keep_duplicates": keep_duplicates,
-                "exclude": sorted(exclude), "respect_given": respect_given, "fix_leaks": fix_leaks,
-                "reshuffle": reshuffle}
-    with workdir_lock(workdir):
-        manifest = read_manifest(workdir, required=["path", "label", "readable"])
-        frame = manifest.reset_index(drop=True).copy()
-        groups, keepers, group_source = duplicate_groups(frame)
-        frame["split_label"] = effective_labels(frame)
-        frame["split_excluded_by"] = exclusion_reasons(frame, groups, keepers, exclude=exclude,
-                                                       keep_duplicates=keep_duplicates)
-        own = _starting_splits(frame, workdir, settings)
-        used = frame["split_excluded_by"].isna().to_numpy()
-        start = unify_groups(own, groups)
-        assigned = assign_splits(frame["split_label"][used], groups[used], ratios, seed, start[used])
-        if respect_given and not fix_leaks:
-            assigned = np.where(own[used].notna(), own[used].to_numpy(object), assigned)
-        frame["split"] = EXCLUDED
-        frame.loc[used, "split"] = assigned
-        summary = summarize(frame, groups, ratios=ratios, own=own, group_source=group_source)
-        summary.update(seed=seed, respect_given=respect_given, fix_leaks=fix_leaks)
-        out = frame[["path", *SPLIT_OUTPUT_COLUMNS]].astype("string")
-        write_manifest(merge_columns(manifest, out), workdir)
-        atomic_write(Path(workdir) / "splits.csv", lambda tmp: _splits_table(frame, groups).to_csv(
-            tmp, index=False))
-        if target is not None:
-            summary["materialized"] = layout.materialize(
-                frame[frame["split"] != EXCLUDED], config.root, target, link=link, quiet=quiet)
-        summary["seconds"] = round(time.time() - started, 2)
-        record_run(workdir, "split", settings=settings, summary=summary, started=started)
+    target = layout.check_target(settings.materialize, work.root) if settings.materialize else None
+    manifest = work.read()
+    frame = manifest.reset_index(drop=True).copy()
+    groups, keepers, group_source = duplicate_groups(frame)
+    frame["split_label"] = effective_labels(frame)
+    frame["split_excluded_by"] = exclusion_reasons(frame, groups, keepers, exclude=settings.exclude,
+                                                   keep_duplicates=settings.keep_duplicates)
+    own = _starting_splits(frame, work.last(), settings)
+    used = frame["split_excluded_by"].isna().to_numpy()
+    start = unify_groups(own, groups)
+    assigned = assign_splits(frame["split_label"][used], groups[used], settings.ratios,
+                             settings.seed, start[used])
+    if settings.respect_given and not settings.fix_leaks:
+        assigned = np.where(own[used].notna(), own[used].to_numpy(object), assigned)
+    frame["split"] = EXCLUDED
+    frame.loc[used, "split"] = assigned
+    summary = summarize(frame, groups, ratios=settings.ratios, own=own, group_source=group_source)
+    summary.update(seed=settings.seed, respect_given=settings.respect_given,
+                   fix_leaks=settings.fix_leaks)
+    work.merge(manifest, frame[["path", *SPLIT_OUTPUT_COLUMNS]].astype("string"))
+    work.write_csv("splits.csv", _splits_table(frame, groups))
+    if target is not None:
+        summary["materialized"] = layout.materialize(
+            frame[frame["split"] != EXCLUDED], work.root, target, link=settings.link,
+            quiet=work.quiet)
+    summary["seconds"] = round(time.time() - work.started, 2)
     return summary
+
+
+def split(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
+    """`curate split` as a function: see Settings for the keyword arguments."""
+    return run_step(STEP, config, workdir, quiet=quiet, **settings)
 
 
 def duplicate_groups(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series, str]:
@@ -255,22 +283,22 @@ def duplicate_groups(frame: pd.DataFrame) -> tuple[pd.Series, pd.Series, str]:
     return groups, keepers, "sha256 (run `curate dedupe` to group near-duplicates too)"
 
 
-def _starting_splits(frame: pd.DataFrame, workdir: Path, settings: dict) -> pd.Series:
+def _starting_splits(frame: pd.DataFrame, last: dict, settings: Settings) -> pd.Series:
     """Splits to keep: the folders' given splits, or the previous run's unless reshuffled."""
-    if settings["respect_given"]:
+    if settings.respect_given:
         given = _column(frame, "given_split", pd.NA).astype("string").map(GIVEN_TO_SPLIT)
         if given.isna().all():
             raise ConfigError("--respect-given: this dataset has no given split folders "
                               "(train/validation/test); drop the option for a fresh split")
         return given.astype("string")
     previous = _column(frame, "split", pd.NA).astype("string")
-    if settings["reshuffle"] or previous.isin(SPLITS).sum() == 0:
+    if settings.reshuffle or previous.isin(SPLITS).sum() == 0:
         return pd.Series(pd.NA, index=range(len(frame)), dtype="string")
-    last = (read_run(workdir, "split") or {}).get("settings", {})
+    now = record_of(settings)
     for key in ("ratios", "seed", "respect_given"):
-        if key in last and last[key] != settings[key]:
+        if key in last and last[key] != now[key]:
             raise ConfigError(f"the existing split was made with {key}={last[key]}, now {key}="
-                              f"{settings[key]}; existing images keep their split unless you pass "
+                              f"{now[key]}; existing images keep their split unless you pass "
                               f"--reshuffle to re-split everything")
     return previous.where(previous.isin(SPLITS)).astype("string")
 
@@ -347,3 +375,22 @@ def describe(summary: dict) -> str:
         from curation.split.materialize import describe as describe_layout
         lines.append(describe_layout(summary["materialized"]))
     return "\n".join(lines)
+
+
+HELP = """Assign train/val/test (or excluded) to every image: stratified, leak-free, stable.
+
+\b
+Example: curate split stanford-cars-25 --ratios 0.7,0.15,0.15 --seed 1
+         curate split swift-wagonr --respect-given --fix-leaks
+         curate split indian-cars-7 --materialize ~/cars-split
+Writes the manifest's split, split_label and split_excluded_by columns and
+<workdir>/splits.csv. A duplicate group always lands in one split.
+"""
+
+
+STEP = Step("split", Settings, run, describe, help=HELP,
+            needs=("path", "label", "readable"),
+            uses=("given_split", "width", "height", "bytes", "sha256", "dup_group", "dup_keeper",
+                  "noise_flag", "review_decision", "review_label"),
+            adds=tuple(SPLIT_OUTPUT_COLUMNS), outputs=("splits.csv",),
+            on_change={"reshuffle": True})
