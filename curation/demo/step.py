@@ -14,9 +14,9 @@ from pathlib import Path
 
 from curation.config import (ConfigError, DatasetConfig, TrainingSettings, data_dir,
                              resolve_dataset, weights_dir)
+from curation.demo.synthetic import NOTICE, generate
 from curation.embed.backbones import SPECS
 from training.scratch import SCRATCH
-from curation.demo.synthetic import NOTICE, generate
 
 REAL_DEMO = "swift-wagonr"
 DEMO_BACKBONE = "mobilenet_v2"
