@@ -246,7 +246,7 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
     set with planted duplicates, mislabels, off-topic and broken files. Weights come from
     $CURATE_WEIGHTS, Keras's cache (~/.keras/models) or shared/weights beside the checkout,
     else a Keras download; offline without any, the synthetic demo trains a small CNN from
-    scratch (flag-noise skipped) and the real-photo demo says what to set.
+    scratch (embed, flag-noise skipped) and the real-photo demo says what to set.
     """
     from curation.demo import step as demo_step
 

@@ -102,7 +102,9 @@ def _length(items) -> int | None:
 
 def _clock(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
+    if minutes >= 60:
+        return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+    return f"{minutes}:{secs:02d}"
 
 
 def _one_thread_each() -> None:

@@ -317,7 +317,8 @@ def test_a_step_while_flag_noise_runs_is_told_the_workdir_is_busy_and_sigterm_st
     _, err = process.communicate(timeout=60)
     assert busy.exit_code == 1 and f"in use by pid {process.pid}" in busy.output, busy.output
     assert process.returncode == 143, err
-    assert err.startswith("Error: curate flag-noise stopped by SIGTERM") and len(err.splitlines()) == 1
+    assert err.startswith("Error: curate flag-noise stopped by SIGTERM")
+    assert len(err.splitlines()) == 1
     assert (tmp_path / "manifest.parquet").read_bytes() == before
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
 

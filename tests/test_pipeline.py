@@ -183,7 +183,7 @@ def test_demo_finds_weights_the_user_has_else_downloads_else_trains_from_scratch
         cached.unlink()
     monkeypatch.setenv("CURATE_WEIGHTS", str(tmp_path / "mine"))
     assert demo.weight_folders()[0] == tmp_path / "mine"
-    assert set(demo.skipped_steps(SCRATCH)) == {"flag-noise"}
+    assert set(demo.skipped_steps(SCRATCH)) == {"embed", "flag-noise"}
     assert demo.skipped_steps("imagenet") == {}
     monkeypatch.delenv("CURATE_DATA", raising=False)
     config, text = demo.demo_dataset(tmp_path / "demo", seed=0)
@@ -257,7 +257,8 @@ def test_demo_without_any_weights_trains_a_small_cnn_that_learns(tmp_path, monke
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{"):])
     steps = {entry["step"]: entry for entry in summary["steps"]}
-    assert steps["flag-noise"]["status"] == "skipped" and "ImageNet" in steps["flag-noise"]["reason"]
+    for skipped in ("embed", "flag-noise"):
+        assert steps[skipped]["status"] == "skipped" and "ImageNet" in steps[skipped]["reason"]
     assert steps["train"]["summary"]["backbone"] == "small_cnn"
     workdir = tmp_path / ".curate" / "demo" / "synthetic-vehicles"   # the default folder
     metrics = json.loads((workdir / "metrics.json").read_text())

@@ -27,7 +27,8 @@ def build_scratch_classifier(n_classes: int, *, image_size: int, dropout: float 
     x = layers.Rescaling(1 / 255.0, name="preprocess")(x)
     for block, width in enumerate(WIDTHS):
         x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"norm{block}")(x)   # few steps: fast stats
+        # momentum 0.9: a few hundred steps must be enough for the inference statistics
+        x = layers.BatchNormalization(momentum=0.9, name=f"norm{block}")(x)
         x = layers.ReLU(name=f"relu{block}")(x)
         if block < len(WIDTHS) - 1:
             x = layers.MaxPooling2D(name=f"pool{block}")(x)

@@ -222,9 +222,9 @@ def write_model_files(run: Run, model: keras.Model, history: pd.DataFrame, info:
     train_features, _ = flip_averaged(extractor, run.pixels, run.slots["train"],
                                       batch_size=run.settings.batch_size,
                                       label=None if run.quiet else "train: calibrating on train")
-    val_features, val_probs = flip_averaged(extractor, run.pixels, run.slots["val"],
-                                            batch_size=run.settings.batch_size,
-                                            label=None if run.quiet else "train: calibrating on val")
+    val_features, val_probs = flip_averaged(
+        extractor, run.pixels, run.slots["val"], batch_size=run.settings.batch_size,
+        label=None if run.quiet else "train: calibrating on val")
     means, calibration = calibrate(train_features, run.y["train"], val_features, val_probs,
                                    len(run.classes))
     calibration["wrong_model"] = calibrate_wrong_model(val_probs, run.y["val"])

@@ -77,9 +77,9 @@ def choose_weights(backbone: str = DEMO_BACKBONE, *, synthetic: bool, is_online=
     wanted = SPECS[backbone].weights_files[0]
     if synthetic:
         return SCRATCH, (f"NOTE: no ImageNet weights found ({looked}) and offline, so the "
-                         f"classifier is a small CNN trained from scratch and flag-noise is "
-                         f"skipped (its embeddings need ImageNet weights). For the full demo set "
-                         f"CURATE_WEIGHTS to a folder holding {wanted}.")
+                         f"classifier is a small CNN trained from scratch, and embed and "
+                         f"flag-noise are skipped (their embeddings need ImageNet weights). For "
+                         f"the full demo set CURATE_WEIGHTS to a folder holding {wanted}.")
     raise ConfigError(f"the real-photo demo needs ImageNet weights: none found ({looked}) and "
                       f"Keras cannot download them offline. Set CURATE_WEIGHTS to a folder holding "
                       f"{wanted}, or run `curate demo --synthetic` (a small CNN trained from "
@@ -116,9 +116,10 @@ def demo_config(config: DatasetConfig, weights: str) -> DatasetConfig:
 
 
 def skipped_steps(weights: str) -> dict[str, str]:
-    """Steps the demo leaves out, with why: flag-noise without ImageNet weights."""
+    """Steps the demo leaves out, with why: embed and flag-noise without ImageNet weights."""
     if weights == SCRATCH:
-        return {"flag-noise": "no ImageNet weights: random embeddings would flag noise at random"}
+        why = "no ImageNet weights: random embeddings would flag noise at random"
+        return {"embed": why, "flag-noise": why}
     return {}
 
 
