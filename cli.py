@@ -193,7 +193,7 @@ def run(config, workdir: Path, quiet: bool, until, from_step, no_report, **optio
 
 @main.command()
 @click.option("--folder", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the demo writes its data and workdir (default: <temp>/curate-demo).")
+              help="Where the demo writes its data and workdir (default: ./.curate/demo).")
 @click.option("--synthetic", is_flag=True,
               help="Use the generated set even when $CURATE_DATA is set.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data and steps.")
@@ -208,18 +208,21 @@ def demo(ctx: click.Context, folder, synthetic, seed, as_json, quiet):
              CURATE_DATA=~/data CURATE_WEIGHTS=~/weights curate demo
     Uses swift-wagonr from $CURATE_DATA when present; otherwise generates a small SYNTHETIC
     set with planted duplicates, mislabels, off-topic and broken files. Weights come from
-    $CURATE_WEIGHTS, else a Keras download, else random init (with a note).
+    $CURATE_WEIGHTS, Keras's cache (~/.keras/models) or shared/weights beside the checkout,
+    else a Keras download; offline without any, the synthetic demo trains a small CNN from
+    scratch (embed, flag-noise skipped) and the real-photo demo says what to set.
     """
     from curation.demo import step as demo_step
 
-    folder = Path(folder) if folder else demo_step.default_folder()
-    weights, weights_note = demo_step.choose_weights()
+    folder = (Path(folder) if folder else demo_step.default_folder()).resolve()
     config, data_note = demo_step.demo_dataset(folder, synthetic=synthetic, seed=seed,
                                                config_path=ctx.obj["config_path"])
+    weights, weights_note = demo_step.choose_weights(synthetic=demo_step.is_synthetic(config))
     config = demo_step.demo_config(config, weights)
     if not as_json:
         click.echo(f"Demo data: {data_note}\nWeights: {weights_note}\nFolder: {folder}", err=True)
-    summary = _pipeline(config, folder / config.name, quiet or as_json, settings={"seed": seed})
+    summary = _pipeline(config, folder / config.name, quiet or as_json, settings={"seed": seed},
+                        leave_out=demo_step.skipped_steps(weights))
     summary.update(data=data_note, weights=weights_note, synthetic=demo_step.is_synthetic(config))
     emit(summary, demo_step.describe, as_json)
 

@@ -18,6 +18,7 @@ from curation.vocabulary import centre_distance, unit_rows
 
 from .data import PixelBatches
 from .model import feature_model, load_classifier
+from .progress import progress_callbacks
 
 NOT_A_CAR = "not a car"
 UNSURE = "unsure"
@@ -97,15 +98,19 @@ def read_model_info(model_dir: Path) -> tuple[dict, dict, np.ndarray]:
 
 
 def flip_averaged(model, pixels: np.ndarray, slots: np.ndarray | None = None, *,
-                  batch_size: int = 32, verbose: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 32, label: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, probabilities) of a feature_model, averaged over each image and its mirror.
 
     Test-time flip averaging costs a second forward pass and is worth 1-2 points of accuracy
     on fine-grained cars; training calibrates the OOD thresholds on the same averaged outputs.
+    label names the progress shown (None: none).
     """
     slots = np.arange(len(pixels)) if slots is None else slots
     runs = [model.predict(PixelBatches(pixels, slots, batch_size=batch_size, flip=flip),
-                          verbose=verbose) for flip in (False, True)]
+                          verbose=0, callbacks=progress_callbacks(
+                              label and f"{label}{' (mirrored)' if flip else ''}"))
+            for flip in (False, True)]
     features = np.mean([np.asarray(f, np.float32) for f, _ in runs], axis=0)
     return features, np.mean([np.asarray(p, np.float32) for _, p in runs], axis=0)
 
@@ -119,10 +124,10 @@ class Predictor:
         self.model = feature_model(load_classifier(Path(model_dir) / "model.keras"))
 
     def scores(self, pixels: np.ndarray, slots: np.ndarray | None = None, *, batch_size: int = 32,
-               verbose: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, OOD distances) for uint8-range pixels (rows `slots`), mirror-averaged."""
         features, probs = flip_averaged(self.model, pixels, slots, batch_size=batch_size,
-                                        verbose=verbose)
+                                        label=label)
         return probs, ood_distance(features, self.means)
 
     def scores_in_memory(self, pixels: np.ndarray, *, batch_size: int = 32
