@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curation.config import DatasetConfig
+from curation.config import ConfigError, DatasetConfig
 from curation.dedupe.embedding import (CONFIRM_BITS, EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE,
                                        GROUP_BITS, MIN_COSINE)
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
@@ -244,7 +244,12 @@ def embeddings_for(work: Workdir, rows: pd.DataFrame,
     chosen = {k: last[k] for k in ("backbone", "weights", "image_size", "engine", "seed")
               if last.get(k) is not None}
     embed_settings = resolve_settings(EMBED, work.config, {**chosen, "tta": True})
-    resolved = resolve_weights(embed_settings.backbone, embed_settings.weights)
+    try:
+        resolved = resolve_weights(embed_settings.backbone, embed_settings.weights)
+    except ConfigError as exc:          # e.g. a dataset trained from scratch ('scratch')
+        if settings.embeddings == "on":
+            raise
+        return None, {"used": False, "reason": f"no usable backbone weights ({exc})"}
     if resolved is None:
         return None, {"used": False, "reason": "weights none (random features find nothing)"}
     if resolved == "imagenet" and settings.embeddings == "auto":
