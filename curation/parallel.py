@@ -1,4 +1,8 @@
-"""Run a per-file function over many files in worker processes, with a progress bar (rate, ETA)."""
+"""Run a per-file function over many files in worker processes, with a progress bar (rate, ETA).
+
+Inside `curation.cluster.engine(...)` (a step with a `cluster` setting) the work goes to Dask
+instead of the in-process pool; results are the same either way.
+"""
 from __future__ import annotations
 
 import os
@@ -8,6 +12,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from curation import cluster
 from curation.lifecycle import checked, process_pool
 
 T = TypeVar("T")
@@ -41,7 +46,11 @@ def _one_thread_each() -> None:
 
 def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None = None,
               desc: str = "", quiet: bool = False, chunksize: int | None = None) -> list[R]:
-    """func over items, in order, in a process pool when workers > 1 (func must be picklable)."""
+    """func over items, in order, in a process pool when workers > 1 (func must be picklable),
+    or on the Dask cluster of the enclosing `cluster.engine` (func importable by its workers)."""
+    client = cluster.active()
+    if client is not None and items:
+        return cluster.map_partitioned(client, func, items, desc=desc, quiet=quiet)
     workers = default_workers() if workers is None else max(1, workers)
     if workers == 1 or len(items) < 2 * workers:
         return list(progress(map(func, items), total=len(items), desc=desc, quiet=quiet))

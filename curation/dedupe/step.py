@@ -20,6 +20,7 @@ from curation.dedupe.hashing import (HASH_METHOD, hash_columns, hash_files, pars
                                      pixel_digests, to_uint64)
 from curation.leaks import describe_leaks, leak_report
 from curation.manifest import DEDUPE_COLUMNS, file_identity, unchanged_rows
+from curation.cluster import cluster_setting
 from curation.settings import setting
 from curation.sheets import contact_sheet
 from curation.steps import Step, Workdir, run_step
@@ -131,6 +132,7 @@ class Settings:
     pixel_check: bool = setting(True, "Confirm far-apart matches by pixels.", cli=False)
     workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
                                   result=False)
+    cluster: str | None = cluster_setting()
     sheet_groups: int = setting(12, "Largest groups drawn in <workdir>/dupes.png.", low=0,
                                 high=500, result=False)
 

@@ -22,6 +22,7 @@ from curation.images import DEFAULT_MAX_PIXELS, ImageError, probe
 from curation.manifest import (SCAN_COLUMNS, ManifestMissing, manifest_path, merge_columns,
                                read_manifest, unchanged_rows)
 from curation.parallel import map_files
+from curation.cluster import cluster_setting
 from curation.settings import setting
 from curation.steps import Step, Workdir, run_step
 from curation.vocabulary import GIVEN_SPLIT_NAMES
@@ -139,6 +140,7 @@ class Settings:
 
     workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
                                   result=False)
+    cluster: str | None = cluster_setting()
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Refuse images larger than this "
                               "(decompression-bomb guard).", low=1)
 
