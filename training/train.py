@@ -26,6 +26,7 @@ from curation.manifest import atomic_write, atomic_write_json
 from curation.steps import Workdir
 from curation.vocabulary import MODEL_DIR
 
+from .distribute import data_parallel
 from .data import (PixelBatches, class_weights, encode_labels, load_pixels, one_hot,
                    pixel_cache_dir, split_rows)
 from .model import (accelerator, build_classifier, feature_model, head_model, save_classifier,
@@ -205,13 +206,24 @@ def write_model_files(run: Run, model: keras.Model, history: pd.DataFrame, info:
 
 def run(work: Workdir, settings: TrainSettings) -> dict:
     """Train <workdir>/model/model.keras on the train split, choosing epochs on val; returns the summary."""
+    resolve_weights(settings.backbone, str(settings.weights))
+    rows, classes, unknown = select_rows(work.read())
+    pixels, rows, failures = load_pixels(rows, work.config.root, settings.image_size,
+                                         pixel_cache_dir(work.path), workers=settings.workers,
+                                         quiet=work.quiet)
+    with data_parallel(settings.distribute) as replicas:
+        summary = _train(work, settings, rows, pixels, classes)
+    summary.update(left_out=[f"{p}: {r}" for p, r in failures], val_rows_with_unseen_class=unknown,
+                   replicas=replicas)
+    return summary
+
+
+def _train(work: Workdir, settings: TrainSettings, rows: pd.DataFrame, pixels: np.ndarray,
+           classes: list[str]) -> dict:
+    """Both phases and the model files (inside data_parallel when --distribute)."""
     recipe, size, seed, config, workdir = (settings.recipe(), settings.image_size, settings.seed,
                                            work.config, work.path)
     backbone, weights = settings.backbone, str(settings.weights)
-    resolve_weights(backbone, weights)
-    rows, classes, unknown = select_rows(work.read())
-    pixels, rows, failures = load_pixels(rows, config.root, size, pixel_cache_dir(workdir),
-                                         workers=settings.workers, quiet=work.quiet)
     keras.utils.set_random_seed(seed)
     device = accelerator()
     policy = use_mixed_precision(device)
@@ -237,7 +249,6 @@ def run(work: Workdir, settings: TrainSettings) -> dict:
     summary = {
         "model_dir": str(run.model_dir), "classes": len(classes),
         "train_images": len(run.slots["train"]), "val_images": len(run.slots["val"]),
-        "val_rows_with_unseen_class": unknown, "left_out": [f"{p}: {r}" for p, r in failures],
         "best_phase": best["phase"], "best_epoch": best["epoch"],
         "val_accuracy": round(best["score"][0], 4), "val_loss": round(-best["score"][1], 4),
         "head_epochs": len(head_history), "fine_tune_epochs": len(fine),
