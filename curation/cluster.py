@@ -26,6 +26,7 @@ R = TypeVar("R")
 PARTITION = 256          # files per Dask task, at most
 MIN_PARTITION = 16       # files per Dask task, at least (small runs)
 LOCAL = "local"
+CONNECT_TIMEOUT = "20s"  # how long a tcp:// scheduler may take to answer
 _active: contextvars.ContextVar = contextvars.ContextVar("curate_dask_client", default=None)
 
 
@@ -99,7 +100,7 @@ def _client(address: str, workers: int | None) -> Iterator[object]:
             yield client
         return
     try:
-        client = Client(address, timeout="20s")
+        client = Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise ClusterUnreachable(f"--cluster {address}: no Dask scheduler answered ({exc}); "
                                  f"start one with `dask scheduler` or use --cluster local") from None

@@ -133,3 +133,32 @@ def test_ctrl_c_stops_a_local_cluster_run_with_no_worker_left_behind(tmp_path, g
     assert not alive, f"orphaned workers: {alive}"
     assert not (tmp_path / "w" / "manifest.parquet").exists()
     shutil.rmtree(root)
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line_naming_it(class_tree, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:   # a free port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "1s")
+    result = CliRunner().invoke(main, ["scan", str(class_tree), "--workdir", str(tmp_path / "w"),
+                                       "--cluster", address])
+    assert result.exit_code == 2
+    assert f"--cluster {address}: no Dask scheduler answered" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_each_step_writes_the_manifest_once_whatever_the_engine(class_tree, scheduler, tmp_path,
+                                                               monkeypatch):
+    from curation import steps
+    from curation.dedupe.step import dedupe
+
+    writes = []
+    real = steps.write_manifest
+    monkeypatch.setattr(steps, "write_manifest", lambda *a, **k: (writes.append(1), real(*a, **k)))
+    config = DatasetConfig(name="tree", root=class_tree, cluster=scheduler)   # from datasets.yaml
+    scan(config, tmp_path / "w", quiet=True)
+    assert len(writes) == 1
+    dedupe(config, tmp_path / "w", quiet=True)
+    assert len(writes) == 2
