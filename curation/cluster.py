@@ -1,9 +1,9 @@
 """Dask as the engine for per-file work: a LocalCluster, an existing scheduler, or neither.
 
 `engine(address, workers=...)` is a context: inside it, `curation.parallel.map_files` ships its
-work to Dask in partitions of a few hundred files (never one task per file), in order, with a
-progress bar. `local` starts a LocalCluster on 127.0.0.1 (one single-threaded worker process per
-core, no dashboard) and stops it when the context ends, Ctrl-C included; `tcp://HOST:PORT` uses
+work to the `active()` client in `partitions` of a few hundred files (never one task per
+file). `local` starts a LocalCluster on 127.0.0.1 (one single-threaded worker process per core,
+no dashboard) and stops it when the context ends, Ctrl-C included; `tcp://HOST:PORT` uses
 a running scheduler whose workers see the same paths and have this package installed. A worker
 lost mid-run has its partitions re-run elsewhere by Dask (up to `distributed.scheduler.
 allowed-failures` times), so the step still finishes with the same result.
@@ -91,10 +91,8 @@ def engine(address: str | None, *, workers: int | None = None) -> Iterator[objec
 def _client(address: str, workers: int | None) -> Iterator[object]:
     from distributed import Client, LocalCluster
 
-    from curation.parallel import default_workers
-
-    if address == LOCAL:
-        with LocalCluster(n_workers=workers or default_workers(), threads_per_worker=1,
+    if address == LOCAL:   # n_workers None: one per core
+        with LocalCluster(n_workers=workers, threads_per_worker=1,
                           processes=True, host="127.0.0.1", dashboard_address=None,
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
             yield client
@@ -106,25 +104,3 @@ def _client(address: str, workers: int | None) -> Iterator[object]:
                                  f"start one with `dask scheduler` or use --cluster local") from None
     with client:
         yield client
-
-
-def map_partitioned(client, func: Callable[[T], R], items: Sequence[T], *, desc: str = "",
-                    quiet: bool = False) -> list[R]:
-    """func over items on the Dask client, in partitions, results in order."""
-    from distributed import as_completed
-
-    from curation.parallel import progress_bar
-
-    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
-    parts = partitions(items, partition_size(len(items), workers))
-    futures = client.map(run_partition, [func] * len(parts), parts, pure=False)
-    sizes = {future.key: len(part) for future, part in zip(futures, parts)}
-    try:
-        with progress_bar(total=len(items), desc=desc, quiet=quiet) as bar:
-            for future in as_completed(futures):
-                bar.update(sizes[future.key])
-        results = client.gather(futures)
-    except BaseException:
-        client.cancel(futures)
-        raise
-    return [result for part in results for result in part]

@@ -50,7 +50,7 @@ def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None
     or on the Dask cluster of the enclosing `cluster.engine` (func importable by its workers)."""
     client = cluster.active()
     if client is not None and items:
-        return cluster.map_partitioned(client, func, items, desc=desc, quiet=quiet)
+        return _on_dask(client, func, items, desc=desc, quiet=quiet)
     workers = default_workers() if workers is None else max(1, workers)
     if workers == 1 or len(items) < 2 * workers:
         return list(progress(map(func, items), total=len(items), desc=desc, quiet=quiet))
@@ -58,3 +58,23 @@ def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None
     with process_pool(workers, initializer=_one_thread_each) as pool:   # workers die with us
         results = pool.map(func, items, chunksize=chunksize)
         return list(progress(checked(results), total=len(items), desc=desc, quiet=quiet))
+
+
+def _on_dask(client, func: Callable[[T], R], items: Sequence[T], *, desc: str,
+             quiet: bool) -> list[R]:
+    """func over items on a Dask client, in partitions (cluster.partitions), results in order."""
+    from distributed import as_completed
+
+    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    parts = cluster.partitions(items, cluster.partition_size(len(items), workers))
+    futures = client.map(cluster.run_partition, [func] * len(parts), parts, pure=False)
+    sizes = {future.key: len(part) for future, part in zip(futures, parts)}
+    try:
+        with progress_bar(total=len(items), desc=desc, quiet=quiet) as bar:
+            for future in checked(as_completed(futures)):
+                bar.update(sizes[future.key])
+        results = client.gather(futures)
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return [result for part in results for result in part]

@@ -253,6 +253,7 @@ HELP = """List every file under the dataset root, check it decodes, and write th
 \b
 Example: curate scan stanford-cars-25 --workers 4
          curate scan ~/photos/cars --json
+         curate scan ~/photos/cars --cluster local   (or tcp://HOST:8786: Dask, docs/scale.md)
 Unchanged files (same path, size, mtime) reuse their cached rows.
 """
 
