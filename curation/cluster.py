@@ -66,11 +66,9 @@ def partitions(items: Sequence[T], size: int) -> list[list[T]]:
 
 
 def run_partition(func: Callable[[T], R], items: list[T]) -> list[R]:
-    """One Dask task: func over a partition, one BLAS thread (the workers already fill the cores)."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        return [func(item) for item in items]
+    """One Dask task: func over a partition. Dask's nanny already starts each worker with one
+    BLAS/OpenMP thread (its pre-spawn-environ), as the in-process pool's initializer does."""
+    return [func(item) for item in items]
 
 
 @contextlib.contextmanager
