@@ -37,7 +37,7 @@ class ClusterUnreachable(CurateError):
 
 
 def cluster_setting():
-    """The `cluster` setting of a step whose per-file work can run on Dask (scan, dedupe, embed)."""
+    """The `cluster` setting of a step whose per-file work can run on Dask (scan, dedupe)."""
     return setting(None, "Where per-file work runs: local (a Dask cluster on this machine), "
                    "tcp://HOST:PORT (a running Dask scheduler) or none (this process's pool) "
                    "[default: datasets.yaml's cluster, else none].", kind=str,
