@@ -14,6 +14,7 @@ from curation import pipeline, registry
 from curation.demo import synthetic
 from curation.config import ConfigError, DatasetConfig, TrainingSettings
 from curation.manifest import read_manifest
+from curation.report.truth import score
 from curation.settings import SettingError
 from curation.steps import fingerprint
 
@@ -66,7 +67,7 @@ def test_first_run_does_each_step_once_in_order(journey):
 
 def test_pipeline_finds_what_was_planted(journey):
     manifest = read_manifest(journey["workdir"])
-    found = synthetic.score(manifest, journey["truth"])
+    found = score(manifest, journey["truth"])
     assert found["exact_duplicates_found"]["rate"] == 1.0
     assert found["near_duplicates_found"]["rate"] >= 0.8
     assert found["false_duplicate_groups"] == 0
@@ -131,8 +132,10 @@ def test_failing_step_stops_with_its_name_and_resumes(tmp_path):
     assert "step 'embed' failed" in result.output and "missing.h5" in result.output
     assert "resumes at 'embed'" in result.output and "Traceback" not in result.output
     recorded = {path.stem for path in (workdir / "runs").glob("*.json")}
-    assert recorded == {"scan", "dedupe"}
+    assert recorded == {"scan", "dedupe", "report"}     # embed recorded nothing
     assert (workdir / "report.html").is_file()          # the partial report
+    waiting = json.loads((workdir / "runs" / "report.json").read_text())["summary"]
+    assert waiting["waiting_for"][:1] == ["flag-noise"]
     result = CliRunner().invoke(main, [*args, "--weights", weights(), "--json", "-q"])
     assert result.exit_code == 0, result.output
     assert statuses(json.loads(result.output)) == {"scan": "ran", "dedupe": "skipped",

@@ -14,7 +14,7 @@ import numpy as np
 from curation.images import ImageError, load_array
 from curation.manifest import atomic_write, atomic_write_json
 from curation.errors import ModelMissing
-from curation.vocabulary import unit_rows
+from curation.vocabulary import centre_distance, unit_rows
 
 from .data import PixelBatches
 from .model import feature_model, load_classifier
@@ -34,14 +34,18 @@ def class_means(features: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarr
 
 
 def ood_distance(features: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Cosine distance from each embedding to its nearest class mean (0 = on a mean, 2 = opposite)."""
-    return 1.0 - (unit_rows(features) @ means.T).max(axis=1)
+    """Cosine distance from each embedding to its nearest class mean (0 = on a mean, 2 = opposite):
+    flag-noise's distance rule (vocabulary.centre_distance), centres from clean train labels."""
+    return centre_distance(unit_rows(features), means)
 
 
 def calibrate(train_features: np.ndarray, train_y: np.ndarray, val_features: np.ndarray,
               val_probs: np.ndarray, n_classes: int, *, distance_quantile: float = DISTANCE_QUANTILE,
               confidence_quantile: float = CONFIDENCE_QUANTILE) -> tuple[np.ndarray, dict]:
-    """Class means from train embeddings and thresholds from validation quantiles."""
+    """Class means from train embeddings and the guard's thresholds from validation quantiles.
+
+    Calibrates two cut-offs of a trained model, unlike flag-noise's temperature_scale, which
+    calibrates cross-validated probabilities; nothing here rescales a probability."""
     means = class_means(train_features, train_y, n_classes)
     distances = ood_distance(val_features, means)
     return means, {
