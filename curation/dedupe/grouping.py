@@ -20,7 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from curation.dedupe.chains import member_pairs, split_chains
 from curation.dedupe.embedding import (CONFIRM_BITS, EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE,
                                        GROUP_BITS, MIN_COSINE, pair_cosines)
-from curation.dedupe.hamming import distances, pairs_within
+from curation.dedupe.hamming import MAX_PAIRS, distances, pairs_within
 from curation.vocabulary import KEEPER_ASCENDING, KEEPER_KEYS, keeper_keys
 
 DEFAULT_KINDS = ("phash", "dhash")
@@ -101,14 +101,16 @@ def loose_bounds(thresholds: dict[str, int], confirm_bits: int) -> dict[str, int
 
 
 def candidate_pairs(hashes: dict[str, np.ndarray], kind: str, radius: int,
-                    alignments: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs i < j whose `kind` hashes are within radius in some alignment (a superset)."""
+                    alignments: dict, *, max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs i < j whose `kind` hashes are within radius in some alignment (a superset),
+    searched in blocks of max_pairs (hamming.pairs_within)."""
     plain = hashes[kind]
     n = len(plain)
-    i, j, _ = pairs_within(plain, radius)
+    i, j, _ = pairs_within(plain, radius, max_pairs=max_pairs)
     variants = [hashes[kind + suffix] for suffix, _ in alignments.values() if suffix]
     if variants:
-        q, b, _ = pairs_within(plain, radius, queries=np.concatenate(variants))
+        q, b, _ = pairs_within(plain, radius, queries=np.concatenate(variants),
+                               max_pairs=max_pairs)
         q %= max(n, 1)
         other = q != b
         i = np.concatenate([i, np.minimum(q, b)[other]])
@@ -190,12 +192,13 @@ def exact_pairs(rows: pd.DataFrame, plain: np.ndarray, ci: np.ndarray, cj: np.nd
 def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
                      thresholds: dict[str, int], *, mirror: bool = True, pixel_digest=None,
                      vectors: np.ndarray | None = None, min_cosine: float = MIN_COSINE,
-                     confirm_bits: int = CONFIRM_BITS, group_bits: int = GROUP_BITS
-                     ) -> pd.DataFrame:
+                     confirm_bits: int = CONFIRM_BITS, group_bits: int = GROUP_BITS,
+                     max_pairs: int = MAX_PAIRS) -> pd.DataFrame:
     """The dedupe columns for hashed rows (path, width, height, bytes, sha256; hashes aligned).
 
     hashes: hash column -> uint64 array for every column of hash_columns(thresholds).
     pixel_digest: see exact_pairs; None skips the identical-pixels check.
+    max_pairs: hash pairs examined per block of the search (bounds its memory).
     vectors: (n, d) flip-invariant embeddings (NaN rows: none), or None for hash-only: pairs at
     cosine >= min_cosine whose hashes agree within confirm_bits in some alignment join too, and
     pairs at cosine >= EMBEDDED_GROUP_COSINE within EMBEDDED_GROUP_BITS.
@@ -206,7 +209,7 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
     alignments = alignments_for(mirror)
     everywhere = full_share(alignments)
     radius = max(thresholds[kinds[0]], PIXEL_CHECK_RADIUS if pixel_digest else 0)
-    ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments)
+    ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments, max_pairs=max_pairs)
     near = hash_matches(ci, cj, hashes, thresholds, alignments)
     exact, digests = exact_pairs(rows, hashes[kinds[0]], ci, cj, pixel_digest)
     edges = [near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1), exact]
