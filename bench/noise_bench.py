@@ -1,5 +1,5 @@
-"""Benchmark `curate flag-noise`: detection of planted wrong labels and non-car photos, and
-embedding speed on this CPU.
+"""Benchmark `curate flag-noise`: detection of planted wrong labels and non-car photos
+(embedding speed: bench/embed_bench.py).
 
 Noise is planted in memory by curation.noise.audit (labels moved to a random wrong class, non-car
 photos from $CURATE_DATA/non-car added under random labels); no file is copied or changed.
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import numpy as np
 
 from curation.noise.audit import audit
 from curation.config import data_dir, resolve_dataset
-from curation.embed.cache import embed_files, embed_manifest
+from curation.embed.compute import EmbedSettings, embed_files, embed_manifest
 from curation.manifest import read_manifest
 from curation.noise.step import class_ids, judging_units, outside_photos
 from curation.noise.signals import NoiseParams
@@ -28,18 +26,6 @@ from curation.scan.step import scan
 
 TARGETS = {"non_car_recall": 0.95, "non_car_precision": 0.90, "mislabel_f1": 0.75}
 METRICS = ("precision", "recall", "f1")
-
-
-def embedding_speed(paths: list[str], backbone: str, image_size: int, tta: bool) -> dict:
-    """Images/s of a fresh embed (model build included) into a throwaway cache."""
-    with tempfile.TemporaryDirectory() as scratch:
-        started = time.perf_counter()
-        run = embed_files(paths, Path(scratch), backbone=backbone, weights="imagenet",
-                          image_size=image_size, tta=tta, quiet=True)
-        seconds = time.perf_counter() - started
-    return {"images": run.computed, "seconds": round(seconds, 2),
-            "images_per_second": round(run.computed / seconds, 1), "tta": tta,
-            "cpu_cores": len(os.sched_getaffinity(0)), "load_average_1min": os.getloadavg()[0]}
 
 
 def summarise(results: list[dict]) -> dict:
@@ -63,11 +49,11 @@ def _spread(values: list[float]) -> dict:
 
 
 def bench_backbone(args, config, workdir: Path, rows, noncar: list[str], backbone: str) -> dict:
-    options = dict(backbone=backbone, weights="imagenet", image_size=config.image_size,
-                   tta=not args.no_tta, quiet=True)
+    settings = EmbedSettings(backbone=backbone, weights="imagenet", image_size=config.image_size,
+                             tta=not args.no_tta, engine=args.engine)
     started = time.perf_counter()
-    run = embed_manifest(rows, config.root, workdir, **options)
-    outside = embed_files(noncar, workdir, **options)
+    run = embed_manifest(rows, config.root, workdir, settings=settings, quiet=True)
+    outside = embed_files(noncar, workdir, settings=settings, quiet=True)
     embed_seconds = time.perf_counter() - started
     _, units = judging_units(rows)
     labels, _ = class_ids(units["label"])
@@ -85,11 +71,8 @@ def bench_backbone(args, config, workdir: Path, rows, noncar: list[str], backbon
             and summary["non_car"]["precision"]["min"] >= TARGETS["non_car_precision"],
         "mislabel_f1>=0.75": summary["mislabel"]["f1"]["mean"] >= TARGETS["mislabel_f1"]}
     summary["detect_seconds_per_run"] = round(float(np.mean(judge_seconds)), 2)
-    summary["embedding"] = {"cached_run_seconds": round(embed_seconds, 2),
-                            "computed_now": run.computed + outside.computed,
-                            "speed": embedding_speed([str(config.root / p) for p in rows["path"][:args.speed_images]],
-                                                     backbone, config.image_size, not args.no_tta)
-                            if args.speed_images else None}
+    summary["embedding"] = {"engine": run.engine, "run_seconds": round(embed_seconds, 2),
+                            "computed_now": run.computed + outside.computed}
     return summary
 
 
@@ -100,8 +83,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="planting seeds to average over")
     parser.add_argument("--rate", type=float, default=0.05, help="planted fraction of each kind")
     parser.add_argument("--no-tta", action="store_true", help="embed without the mirror view")
-    parser.add_argument("--speed-images", type=int, default=128,
-                        help="images for the uncached speed measurement (0: skip)")
+    parser.add_argument("--engine", choices=("onnx", "keras"),
+                        help="embedding engine (default: onnx when installed); embeddings are "
+                        "cached per workdir, so compare engines with separate --workdir folders")
     parser.add_argument("--workdir", type=Path, default=Path(".curate/bench-noise"))
     args = parser.parse_args()
     if data_dir() is None or not (data_dir() / "non-car").is_dir():

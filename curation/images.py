@@ -5,6 +5,7 @@ stores in the manifest's `error` column.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ DEFAULT_MAX_PIXELS = 80_000_000  # ~ a 10k x 8k photo; beyond that we refuse bef
 EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
-            5: lambda a: a.T, 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].T,
-            8: lambda a: np.rot90(a)}   # ImageOps.exif_transpose's turns, on a numpy array
-_FAST_GRAY_SPACES = {"Gray", "YCbCr"}   # JPEG colour spaces whose luma libjpeg-turbo hands out
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1),
+            7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+            8: lambda a: np.rot90(a)}   # ImageOps.exif_transpose's turns, on a (h, w[, c]) array
+_FAST_SPACES = {"Gray", "YCbCr"}   # JPEG colour spaces libjpeg-turbo converts itself
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -43,21 +45,29 @@ class ImageInfo:
     height: int
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+Source = Path | str | bytes   # a file, or an upload's bytes decoded in memory (never written)
+
+
+def _head(source: Source, size: int) -> bytes:
+    if isinstance(source, bytes):
+        return source[:size]
+    with open(source, "rb") as handle:
+        return handle.read(size)
+
+
+def _open(source: Source, max_pixels: int) -> Image.Image:
     """Open (header only) and refuse empty files, non-images and decompression bombs."""
-    path = Path(path)
-    if path.stat().st_size == 0:
+    size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+    if size == 0:
         raise ImageError("empty file", "0 bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
     except Image.DecompressionBombError as exc:
         raise ImageError("too many pixels", str(exc)) from None
     except UnidentifiedImageError:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-        if head.startswith(_MAGIC):
+        if _head(source, 8).startswith(_MAGIC):
             raise ImageError("corrupt", "image signature but undecodable header") from None
         raise ImageError("not an image", "content is not a known image format") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -129,9 +139,10 @@ def probe(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     return ImageInfo(fmt, mode, width, height)
 
 
-def load_image(path: Path, *, max_side: int | None = None,
+def load_image(path: Source, *, max_side: int | None = None,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """The image as upright RGB; with max_side, decoded and shrunk so its long side <= max_side."""
+    """The image (a file, or bytes) as upright RGB; with max_side, decoded and shrunk so its
+    long side <= max_side."""
     image = _open(path, max_pixels)
     with image:
         _decode(image, max_side)
@@ -141,7 +152,7 @@ def load_image(path: Path, *, max_side: int | None = None,
     return rgb
 
 
-def load_array(path: Path, size: int | tuple[int, int], *,
+def load_array(path: Source, size: int | tuple[int, int], *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 array (height, width, 3) resized to `size` (the whole frame, aspect not kept)."""
     height, width = (size, size) if isinstance(size, int) else size
@@ -149,7 +160,24 @@ def load_array(path: Path, size: int | tuple[int, int], *,
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def load_gray(path: str | Path, *, min_side: int = 32,
+def load_rgb(path: Source, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """uint8 array (size, size, 3), the whole upright frame resized (aspect not kept), as
+    load_array; what embeddings are computed from.
+
+    Ordinary JPEGs are decoded by libjpeg-turbo at the smallest DCT scale that keeps both sides
+    >= size (simplejpeg), then resized by PIL; everything else goes through load_array.
+    """
+    data = _jpeg_bytes(path)
+    if data is not None:
+        pixels = _scaled_jpeg(data, "RGB", size, max_pixels)
+        if pixels is not None:
+            resized = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize(
+                (size, size), Image.Resampling.BILINEAR)
+            return np.asarray(resized, dtype=np.uint8)
+    return load_array(path, size, max_pixels=max_pixels)
+
+
+def load_gray(path: Source, *, min_side: int = 32,
               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Upright grayscale uint8 array (height, width), decoded as small as keeps both sides
     >= min_side where the format allows it: what perceptual hashes are computed from.
@@ -158,21 +186,36 @@ def load_gray(path: str | Path, *, min_side: int = 32,
     PIL header parse), ~1.2x PIL's draft decode (measured); everything else, and any JPEG that path
     refuses, goes through load_image so bad files get the same reasons as in the scan.
     """
+    data = _jpeg_bytes(path)
+    if data is not None:
+        pixels = _scaled_jpeg(data, "GRAY", min_side, max_pixels)
+        if pixels is not None:
+            return pixels[:, :, 0]
+    image = load_image(path, max_side=4 * min_side, max_pixels=max_pixels)
+    return np.asarray(image.convert("L"))
+
+
+def _jpeg_bytes(path: Source) -> bytes | None:
+    """The whole file (or upload) when it is a JPEG; None (after reading 3 bytes) for anything else."""
+    if isinstance(path, bytes):
+        return path if path.startswith(_JPEG_SIGNATURE) else None
     with open(path, "rb") as handle:
         data = handle.read(len(_JPEG_SIGNATURE))
-        if data == _JPEG_SIGNATURE:       # other formats are read once, by load_image
-            data += handle.read()
-    if data.startswith(_JPEG_SIGNATURE):
-        try:
-            height, width, space, _ = simplejpeg.decode_jpeg_header(data)
-            if space in _FAST_GRAY_SPACES and 0 < width * height <= max_pixels:
-                pixels = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_width=min_side,
-                                                min_height=min_side)[:, :, 0]
-                return _UPRIGHT.get(_jpeg_orientation(data), lambda a: a)(pixels)
-        except ValueError:
-            pass
-    image = load_image(Path(path), max_side=4 * min_side, max_pixels=max_pixels)
-    return np.asarray(image.convert("L"))
+        return data + handle.read() if data == _JPEG_SIGNATURE else None
+
+
+def _scaled_jpeg(data: bytes, colorspace: str, min_side: int, max_pixels: int) -> np.ndarray | None:
+    """Upright (h, w, channels) pixels decoded at the smallest DCT scale keeping both sides >=
+    min_side; None when libjpeg-turbo's fast path does not apply (CMYK, too big, broken)."""
+    try:
+        height, width, space, _ = simplejpeg.decode_jpeg_header(data)
+        if space not in _FAST_SPACES or not 0 < width * height <= max_pixels:
+            return None
+        pixels = simplejpeg.decode_jpeg(data, colorspace=colorspace, min_width=min_side,
+                                        min_height=min_side)
+    except ValueError:
+        return None
+    return _UPRIGHT.get(_jpeg_orientation(data), lambda a: a)(pixels)
 
 
 def _jpeg_orientation(data: bytes) -> int:

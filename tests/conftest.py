@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -17,6 +18,20 @@ REPO = Path(__file__).resolve().parent.parent
 def _existing_dir(variable: str) -> Path | None:
     value = os.environ.get(variable)
     return Path(value) if value and Path(value).is_dir() else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Iterator[Path]:
+    """ONNX exports go to a folder of this test session (a CLI run in a subprocess inherits it),
+    not the user's ~/.cache/curate."""
+    folder = tmp_path_factory.mktemp("curate-cache")
+    previous = os.environ.get("CURATE_CACHE")
+    os.environ["CURATE_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("CURATE_CACHE", None)
+    else:
+        os.environ["CURATE_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

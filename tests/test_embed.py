@@ -1,6 +1,8 @@
-"""Embedding cache: reuse across runs, re-embedding changed files, duplicates embedded once."""
+"""Embedding cache: reuse across runs, re-embedding changed files, duplicates embedded once,
+checkpoints that a killed run resumes from."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -8,13 +10,14 @@ import pandas as pd
 import pytest
 from PIL import ImageOps
 
-from curation.embed.cache import (cache_file, embed_files, embed_manifest, load_cached_embeddings,
-                            representatives, weights_tag)
+from curation.embed.cache import cache_file, load_cached_embeddings, representatives, weights_tag
+from curation.embed.compute import EmbedSettings, embed_files, embed_manifest
 from tests.conftest import synthetic_photo
 
 # Random-init weights: no download, no $CURATE_WEIGHTS; the cache logic is the same.
-OPTIONS = dict(backbone="mobilenet_v1_025", weights="none", image_size=64, batch_size=4,
-               quiet=True)
+SETTINGS = EmbedSettings(backbone="mobilenet_v1_025", weights="none", image_size=64, batch_size=4,
+                         workers=1)
+OPTIONS = dict(settings=SETTINGS, quiet=True)
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -91,8 +94,8 @@ def test_mirror_views_make_embeddings_mirror_invariant(tmp_path):
     ImageOps.mirror(original).save(tmp_path / "b.png")
     vectors = embed_files(["a.png", "b.png"], tmp_path / "work", root=tmp_path, **OPTIONS).vectors
     np.testing.assert_allclose(unit(vectors[0]), unit(vectors[1]), atol=1e-4)
-    plain = embed_files(["a.png", "b.png"], tmp_path / "work", root=tmp_path, tta=False,
-                        **OPTIONS).vectors
+    plain = embed_files(["a.png", "b.png"], tmp_path / "work", root=tmp_path, quiet=True,
+                        settings=dataclasses.replace(SETTINGS, tta=False)).vectors
     assert not np.allclose(unit(plain[0]), unit(plain[1]), atol=1e-3)
 
 
@@ -114,3 +117,34 @@ def test_weights_file_tag_changes_with_its_content(tmp_path):
     first.write_bytes(b"two")
     assert weights_tag("mobilenet_v2", str(first)) != tag
     assert weights_tag("mobilenet_v2", "none") == "none"
+
+
+def test_a_run_killed_mid_way_resumes_from_its_last_checkpoint(tmp_path, make_image, monkeypatch):
+    from curation.embed import cache, compute
+
+    names = [f"car/{i}.jpg" for i in range(10)]
+    for i, name in enumerate(names):
+        make_image(tmp_path / "data" / name, seed=i)
+    clean = embed_files(names, tmp_path / "clean", root=tmp_path / "data", **OPTIONS)
+    real_embed, calls = compute.embed_views, []
+
+    def dies_at_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_embed(*args, **kwargs)
+
+    monkeypatch.setattr(compute, "embed_views", dies_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        embed_files(names, tmp_path / "work", root=tmp_path / "data", checkpoint_every=4, **OPTIONS)
+    path = cache_file(tmp_path / "work", "mobilenet_v1_025", 64, "none")
+    assert not path.exists() and len(cache.checkpoint_parts(path)) == 2
+    half_written = cache.parts_dir(path) / ".000003.npz.x1.tmp.npz"   # a kill during a write
+    half_written.write_bytes(b"half a part")
+    keys, _ = cache.read_cache(path)
+    assert sorted(keys["path"]) == sorted(names)[:8]      # two batches of 4 checkpointed
+    monkeypatch.setattr(compute, "embed_views", real_embed)
+    resumed = embed_files(names, tmp_path / "work", root=tmp_path / "data", **OPTIONS)
+    assert (resumed.computed, resumed.reused) == (2, 8)
+    np.testing.assert_allclose(resumed.vectors, clean.vectors, rtol=1e-5, atol=1e-6)
+    assert path.exists() and not cache.parts_dir(path).exists()   # parts folded in, leftovers gone

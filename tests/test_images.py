@@ -168,3 +168,23 @@ def test_load_gray_cmyk_and_broken_jpegs_take_the_full_loader(tmp_path, make_ima
     big = make_image(tmp_path / "big.jpg", size=(200, 200))
     with pytest.raises(ImageError, match="too many pixels"):
         load_gray(big, max_pixels=10_000)
+
+
+@pytest.mark.parametrize("name,mode", [("a.jpg", "RGB"), ("b.png", "RGBA"), ("c.webp", "RGB")])
+def test_bytes_in_memory_decode_exactly_as_the_file_does(tmp_path, make_image, name, mode):
+    path = make_image(tmp_path / name, seed=7, size=(300, 200), mode=mode)
+    data = path.read_bytes()
+    assert np.array_equal(load_array(data, 64), load_array(path, 64))
+    assert np.array_equal(load_gray(data, min_side=32), load_gray(path, min_side=32))
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(data[:len(data) // 2])
+    reasons = []
+    for source in (cut, cut.read_bytes()):
+        with pytest.raises(ImageError) as error:
+            load_array(source, 64)
+        reasons.append(str(error.value))
+    assert reasons[0] == reasons[1]           # the same reason as the scan gives the file
+    with pytest.raises(ImageError, match="too many pixels"):
+        load_array(data, 64, max_pixels=10_000)
+    with pytest.raises(ImageError, match="empty file"):
+        load_array(b"", 64)

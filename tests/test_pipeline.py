@@ -56,7 +56,8 @@ def journey(tmp_path_factory):
 
 def test_first_run_does_each_step_once_in_order(journey):
     first = journey["runs"]["until_split"]
-    assert [e["step"] for e in first["steps"]] == ["scan", "dedupe", "flag-noise", "split"]
+    assert [e["step"] for e in first["steps"]] == ["scan", "dedupe", "embed", "flag-noise",
+                                                         "split"]
     assert set(statuses(first).values()) == {"ran"}
     assert all(e["seconds"] >= 0 and e["text"] for e in first["steps"])
     manifest = read_manifest(journey["workdir"])
@@ -77,7 +78,8 @@ def test_pipeline_finds_what_was_planted(journey):
 
 def test_second_run_skips_finished_steps(journey):
     again = statuses(journey["runs"]["until_split_again"])
-    assert again == {"scan": "ran", "dedupe": "skipped", "flag-noise": "skipped", "split": "skipped"}
+    assert again == {"scan": "ran", "dedupe": "skipped", "embed": "skipped", "flag-noise": "skipped",
+                     "split": "skipped"}
     full = statuses(journey["runs"]["full"])
     assert full["split"] == "skipped" and full["train"] == "ran" and full["evaluate"] == "ran"
     rerun = statuses(journey["runs"]["full_again"])
@@ -126,15 +128,15 @@ def test_failing_step_stops_with_its_name_and_resumes(tmp_path):
     args = ["run", str(root), "--workdir", str(workdir), "--until", "flag-noise", "--image-size", "64"]
     result = CliRunner().invoke(main, [*args, "--weights", str(tmp_path / "missing.h5")])
     assert result.exit_code == 1
-    assert "step 'flag-noise' failed" in result.output and "missing.h5" in result.output
-    assert "resumes at 'flag-noise'" in result.output and "Traceback" not in result.output
+    assert "step 'embed' failed" in result.output and "missing.h5" in result.output
+    assert "resumes at 'embed'" in result.output and "Traceback" not in result.output
     recorded = {path.stem for path in (workdir / "runs").glob("*.json")}
     assert recorded == {"scan", "dedupe"}
     assert (workdir / "report.html").is_file()          # the partial report
     result = CliRunner().invoke(main, [*args, "--weights", weights(), "--json", "-q"])
     assert result.exit_code == 0, result.output
     assert statuses(json.loads(result.output)) == {"scan": "ran", "dedupe": "skipped",
-                                                   "flag-noise": "ran"}
+                                                   "embed": "ran", "flag-noise": "ran"}
 
 
 def test_step_names_and_overrides_are_checked():

@@ -60,13 +60,14 @@ def test_run_options_share_a_name_only_when_it_means_one_thing():
     with pytest.raises(TypeError, match=r"--threshold: steps \['loud', 'quiet'\]"):
         run_flags([_step("loud", _Loud), _step("quiet", _Quiet)])
     flags = run_flags(registry.PIPELINE)
-    assert [s.name for s, _ in flags["--seed"]] == ["flag-noise", "split", "train"]
+    assert [s.name for s, _ in flags["--seed"]] == ["embed", "flag-noise", "split", "train"]
+    assert [s.name for s, _ in flags["--engine"]] == ["embed", "flag-noise"]
     assert [s.name for s, _ in flags["--threshold"]] == ["dedupe"]
     assert [s.name for s, _ in flags["--noise-threshold"]] == ["flag-noise"]
     given = run_settings(registry.PIPELINE, {"seed": 3, "threshold": 4, "noise_threshold": 0.7,
                                              "exclude": (), "workers": None})
-    assert given == {"flag-noise": {"seed": 3, "threshold": 0.7}, "split": {"seed": 3},
-                     "train": {"seed": 3}, "dedupe": {"threshold": 4}}
+    assert given == {"embed": {"seed": 3}, "flag-noise": {"seed": 3, "threshold": 0.7},
+                     "split": {"seed": 3}, "train": {"seed": 3}, "dedupe": {"threshold": 4}}
 
 
 def test_generated_options_parse_and_check_like_the_settings():
@@ -89,4 +90,4 @@ def test_generated_options_parse_and_check_like_the_settings():
     assert runner.invoke(dedupe, ["--threshold", "65"]).exit_code == 2
     assert runner.invoke(run, ["--respect-given"]).exit_code == 0
     assert seen["run"]["respect_given"] is True and seen["run"]["seed"] is None   # not given
-    assert "[flag-noise, split, train]" in runner.invoke(run, ["--help"]).output
+    assert "[embed, flag-noise, split, train]" in runner.invoke(run, ["--help"]).output

@@ -121,6 +121,32 @@ class Predictor:
                                         verbose=verbose)
         return probs, ood_distance(features, self.means)
 
+    def scores_in_memory(self, pixels: np.ndarray, *, batch_size: int = 32
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """scores() for a few images already in memory: each chunk and its mirror in one
+        predict_on_batch call, without the dataset pipeline's per-call overhead (for serving).
+        Chunks are padded to a power of two, so the model traces only a few batch shapes."""
+        features, probs = [], []
+        for start in range(0, len(pixels), batch_size):
+            chunk = np.asarray(pixels[start:start + batch_size], dtype=np.float32)
+            n, padded = len(chunk), 1 << (len(chunk) - 1).bit_length()
+            chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), np.float32)])
+            f, p = self.model.predict_on_batch(np.concatenate([chunk, chunk[:, :, ::-1]]))
+            f, p = np.asarray(f, np.float32), np.asarray(p, np.float32)
+            features.append((f[:n] + f[padded:padded + n]) / 2)
+            probs.append((p[:n] + p[padded:padded + n]) / 2)
+        features = np.concatenate(features)
+        return np.concatenate(probs), ood_distance(features, self.means)
+
+    def warm_up(self, max_batch: int = 32) -> None:
+        """Trace scores_in_memory's batch shapes (1, 2, 4, ... max_batch) before the first
+        request, so no request waits for a compilation."""
+        blank = np.zeros((max_batch, self.image_size, self.image_size, 3), np.uint8)
+        size = 1
+        while size <= max_batch:
+            self.scores_in_memory(blank[:size], batch_size=max_batch)
+            size *= 2
+
     def verdicts(self, probs: np.ndarray, distances: np.ndarray,
                  min_confidence: float | None = None) -> list[str]:
         return verdicts(probs, distances, self.classes, self.calibration,

@@ -26,6 +26,7 @@ from curation.manifest import atomic_write, atomic_write_json
 from curation.steps import Workdir
 from curation.vocabulary import MODEL_DIR
 
+from .check import calibrate_wrong_model
 from .data import (PixelBatches, class_weights, encode_labels, load_pixels, one_hot,
                    pixel_cache_dir, split_rows)
 from .model import (accelerator, build_classifier, feature_model, head_model, save_classifier,
@@ -196,6 +197,7 @@ def write_model_files(run: Run, model: keras.Model, history: pd.DataFrame, info:
                                             batch_size=run.settings.batch_size)
     means, calibration = calibrate(train_features, run.y["train"], val_features, val_probs,
                                    len(run.classes))
+    calibration["wrong_model"] = calibrate_wrong_model(val_probs, run.y["val"])
     write_calibration(run.model_dir, means, calibration)
     atomic_write_json(run.model_dir / "labels.json", info)
     atomic_write(run.model_dir / "history.csv", lambda tmp: history.to_csv(tmp, index=False))

@@ -1,48 +1,24 @@
-"""Image embeddings from an ImageNet backbone, cached per file in the workdir.
+"""The per-file embedding cache in the workdir: keys, reading, checkpoints, alignment.
 
-The cache `<workdir>/embeddings/<backbone>_<size>_<weights-tag>[_tta].npz` is keyed by
-path + bytes + mtime, so a re-run only embeds new or changed files; it is checkpointed while
-embedding, so an interrupted run resumes. With test-time augmentation (default) each vector
-is the mean over the image and its mirror image.
+`<workdir>/embeddings/<backbone>_<size>_<weights-tag>[_tta].npz` holds one vector per file,
+keyed by path + bytes + mtime, so a re-run only embeds new or changed files. While a run
+embeds, every few hundred new vectors are written as a numbered part beside it
+(`<name>.parts/000001.npz`, atomically), so a killed run loses at most one checkpoint's worth;
+the end of a run folds the parts into the main file.
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
-import os
-import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from curation.embed.backbones import build_backbone, preprocess, resolve_weights
-from curation.images import ImageError, load_array
-from curation.manifest import atomic_write, file_identity, read_run
-from curation.parallel import progress_bar
+from curation.embed.backbones import resolve_weights
+from curation.manifest import IDENTITY_COLUMNS, atomic_write, read_run
 
 CACHE_DIR = "embeddings"
-CHECKPOINT_SECONDS = 60.0
-
-
-@dataclass
-class EmbeddingRun:
-    """Vectors aligned with the requested rows (NaN rows where a file failed) and run figures."""
-
-    vectors: np.ndarray
-    cache_file: Path
-    computed: int = 0
-    reused: int = 0
-    seconds: float = 0.0
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def images_per_second(self) -> float | None:
-        return round(self.computed / self.seconds, 1) if self.computed and self.seconds else None
 
 
 def weights_tag(backbone: str, weights: str | None) -> str:
@@ -62,17 +38,29 @@ def cache_file(workdir: Path, backbone: str, image_size: int, weights: str | Non
     return Path(workdir) / CACHE_DIR / name
 
 
-def read_cache(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """Cached identities (path, bytes, mtime) and their vectors, row for row."""
-    if not Path(path).exists():
-        return pd.DataFrame({"path": [], "bytes": [], "mtime": []}), np.zeros((0, 0), np.float32)
+def parts_dir(path: Path) -> Path:
+    """The folder of checkpoint parts not yet folded into the cache file `path`."""
+    return Path(path).with_suffix(".parts")
+
+
+def checkpoint_parts(path: Path) -> list[Path]:
+    """The finished checkpoint parts of the cache file `path`, oldest first (a part a killed run
+    was still writing is a hidden temp file, not listed)."""
+    return sorted(p for p in parts_dir(path).glob("*.npz") if p.stem.isdigit())
+
+
+def _empty() -> tuple[pd.DataFrame, np.ndarray]:
+    return pd.DataFrame({"path": [], "bytes": [], "mtime": []}), np.zeros((0, 0), np.float32)
+
+
+def _read_npz(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         keys = pd.DataFrame({"path": data["paths"].astype(str), "bytes": data["bytes"],
                              "mtime": data["mtime"]})
         return keys, data["vectors"]
 
 
-def write_cache(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> None:
+def _write_npz(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             np.savez(handle, paths=keys["path"].to_numpy(dtype=str),
@@ -80,116 +68,52 @@ def write_cache(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> None:
                      mtime=keys["mtime"].to_numpy(np.float64),
                      vectors=vectors.astype(np.float32))
 
-    atomic_write(path, write)
+    return atomic_write(path, write)
 
 
-def _load(path: Path, size: int) -> np.ndarray | str:
-    try:
-        return load_array(path, size)
-    except (ImageError, OSError) as exc:
-        return str(exc)[:200]
+def read_cache(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Cached identities (path, bytes, mtime) and their vectors, row for row: the cache file
+    and then its checkpoint parts, a later row replacing an earlier one for the same path."""
+    keys, vectors = _read_npz(path) if Path(path).exists() else _empty()
+    for part in checkpoint_parts(path):
+        keys, vectors = merge(keys, vectors, *_read_npz(part))
+    return keys, vectors
 
 
-def _batches(paths: list[Path], size: int, batch_size: int, loaders: int | None = None,
-             prefetch: int = 2) -> Iterator[list]:
-    """Decoded batches; the next ones load in threads while the model runs on this one."""
-    with ThreadPoolExecutor(max_workers=loaders or min(4, os.cpu_count() or 1)) as pool:
-        queue: deque[list] = deque()
-        for start in range(0, len(paths), batch_size):
-            queue.append([pool.submit(_load, p, size) for p in paths[start:start + batch_size]])
-            if len(queue) > prefetch:
-                yield [job.result() for job in queue.popleft()]
-        while queue:
-            yield [job.result() for job in queue.popleft()]
+def write_checkpoint(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> Path:
+    """Save new rows as the next checkpoint part of the cache file `path` (writes only them)."""
+    numbers = [int(p.stem) for p in checkpoint_parts(path)]
+    return _write_npz(parts_dir(path) / f"{max(numbers, default=0) + 1:06d}.npz", keys, vectors)
 
 
-@functools.lru_cache(maxsize=2)
-def _model(backbone: str, weights: str | None, image_size: int, seed: int):
-    """The backbone, built once per process for these settings (the seed only matters for none)."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    return build_backbone(backbone, weights, image_size)
-
-
-def embed_batch(model, backbone: str, images: np.ndarray, *, tta: bool = True,
-                pad_to: int = 0) -> np.ndarray:
-    """Pooled features of a uint8 (n, h, w, 3) batch; with tta, averaged with the mirror images.
-
-    A short batch is padded to `pad_to` so the compiled predict function is traced only once.
-    """
-    count = len(images)
-    if count < pad_to:
-        images = np.concatenate([images, np.repeat(images[-1:], pad_to - count, axis=0)])
-    views = np.concatenate([images, images[:, :, ::-1]]) if tta else images
-    features = np.asarray(model.predict_on_batch(preprocess(backbone, views)), dtype=np.float32)
-    if tta:
-        features = (features[:len(images)] + features[len(images):]) / 2
-    return features[:count]
+def write_cache(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> None:
+    """Replace the cache file with these rows, then drop the parts they include (and any part
+    a killed run left half-written)."""
+    _write_npz(path, keys, vectors)
+    for part in parts_dir(path).glob("*"):
+        part.unlink()
+    with contextlib.suppress(OSError):
+        parts_dir(path).rmdir()
 
 
-def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None,
-                backbone: str = "mobilenet_v2", weights: str | None = "imagenet",
-                image_size: int = 224, batch_size: int = 32, tta: bool = True,
-                seed: int = 0, loaders: int | None = None, quiet: bool = False) -> EmbeddingRun:
-    """Embed files (relative to root, or absolute), reusing the workdir cache; one row per file."""
-    started = time.time()
-    path = cache_file(workdir, backbone, image_size, weights, tta)
-    keys, vectors = read_cache(path)
-    wanted = file_identity(list(files), root)
-    cached = wanted.reset_index().merge(keys.reset_index(names="row"),
-                                        on=["path", "bytes", "mtime"], how="inner")
-    todo = sorted(set(wanted["path"]) - set(cached["path"]))
-    new_keys, new_vectors, failed = [], [], {}
-    if todo:
-        model = _model(backbone, weights, image_size, seed)
-        identity = wanted.drop_duplicates("path").set_index("path")
-        bar = progress_bar(total=len(todo), desc="embed", unit="img", quiet=quiet)
-        last_save = time.time()
-        absolute = [Path(root) / p if root else Path(p) for p in todo]
-        for start, batch in zip(range(0, len(todo), batch_size),
-                                _batches(absolute, image_size, batch_size, loaders)):
-            names = todo[start:start + batch_size]
-            good = [(n, a) for n, a in zip(names, batch) if not isinstance(a, str)]
-            failed.update({n: a for n, a in zip(names, batch) if isinstance(a, str)})
-            if good:
-                new_vectors.append(embed_batch(model, backbone, np.stack([a for _, a in good]),
-                                               tta=tta, pad_to=batch_size))
-                new_keys.extend((n, int(identity.at[n, "bytes"]), float(identity.at[n, "mtime"]))
-                                for n, _ in good)
-            bar.update(len(names))
-            if time.time() - last_save > CHECKPOINT_SECONDS:
-                keys, vectors = _merge(keys, vectors, new_keys, new_vectors)
-                new_keys, new_vectors = [], []
-                write_cache(path, keys, vectors)
-                last_save = time.time()
-        bar.close()
-        keys, vectors = _merge(keys, vectors, new_keys, new_vectors)
-        write_cache(path, keys, vectors)
-    out = _aligned(wanted, keys, vectors)
-    return EmbeddingRun(out, path, computed=len(todo) - len(failed), reused=len(cached),
-                        seconds=time.time() - started, failed=failed)
-
-
-def _merge(keys: pd.DataFrame, vectors: np.ndarray, new_keys: list, new_vectors: list):
+def merge(keys: pd.DataFrame, vectors: np.ndarray, new_keys: pd.DataFrame,
+          new_vectors: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
     """Cache rows plus new ones; a new row replaces an older row for the same path."""
-    if not new_keys:
+    if not len(new_keys):
         return keys, vectors
-    fresh = pd.DataFrame(new_keys, columns=["path", "bytes", "mtime"])
-    stacked = np.concatenate(new_vectors)
-    keep = ~keys["path"].isin(fresh["path"]).to_numpy()
-    if len(vectors) == 0:
-        return fresh, stacked
-    return (pd.concat([keys[keep], fresh], ignore_index=True),
-            np.concatenate([vectors[keep], stacked]))
+    if not len(keys):
+        return new_keys.reset_index(drop=True), new_vectors
+    keep = ~keys["path"].isin(new_keys["path"]).to_numpy()
+    return (pd.concat([keys[keep], new_keys], ignore_index=True),
+            np.concatenate([vectors[keep], new_vectors]))
 
 
-def _aligned(wanted: pd.DataFrame, keys: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
+def aligned(wanted: pd.DataFrame, keys: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
     """Vectors for `wanted` rows matched on path+bytes+mtime; NaN rows where none is cached."""
     width = vectors.shape[1] if vectors.ndim == 2 and len(vectors) else 0
     out = np.full((len(wanted), width), np.nan, dtype=np.float32)
     match = wanted.reset_index(names="at").merge(keys.reset_index(names="row"),
-                                                 on=["path", "bytes", "mtime"], how="inner")
+                                                 on=IDENTITY_COLUMNS, how="inner")
     out[match["at"].to_numpy()] = vectors[match["row"].to_numpy()]
     return out
 
@@ -208,36 +132,29 @@ def representatives(manifest: pd.DataFrame) -> pd.Series:
     return rep
 
 
-def embed_manifest(manifest: pd.DataFrame, root: Path, workdir: Path, *,
-                   backbone: str = "mobilenet_v2", weights: str | None = "imagenet",
-                   image_size: int = 224, batch_size: int = 32, tta: bool = True,
-                   seed: int = 0, loaders: int | None = None, quiet: bool = False) -> EmbeddingRun:
-    """Embeddings aligned with the manifest rows; duplicates reuse their keeper's vector."""
-    rep = representatives(manifest)
-    unique = sorted(set(rep))
-    run = embed_files(unique, workdir, root=root, backbone=backbone, weights=weights,
-                      image_size=image_size, batch_size=batch_size, tta=tta, seed=seed,
-                      loaders=loaders, quiet=quiet)
-    position = {p: i for i, p in enumerate(unique)}
-    run.vectors = run.vectors[[position[p] for p in rep]]
-    return run
+def last_cache_file(workdir: Path) -> Path | None:
+    """The cache file the last embed step wrote (or, for older workdirs, flag-noise's)."""
+    for step, key in (("embed", ("cache_file",)), ("flag-noise", ("embeddings", "cache_file"))):
+        run = read_run(workdir, step)
+        if run:
+            value = run["summary"]
+            for name in key:
+                value = value[name]
+            return Path(value)
+    return None
 
 
 def load_cached_embeddings(workdir: Path, manifest: pd.DataFrame,
                            cache: Path | None = None) -> np.ndarray | None:
     """Cached embeddings aligned with manifest rows (NaN where missing), without loading a model.
 
-    Uses the cache file of the last flag-noise run (or `cache`); None when there is none.
-    For the review step's 2-D map and the report.
+    Uses the cache file of the last embed run (or `cache`); None when there is none.
     """
-    if cache is None:
-        run = read_run(workdir, "flag-noise")
-        cache = Path(run["summary"]["embeddings"]["cache_file"]) if run else None
-    if cache is None or not Path(cache).exists():
+    cache = cache or last_cache_file(workdir)
+    if cache is None or not (Path(cache).exists() or parts_dir(cache).exists()):
         return None
     keys, vectors = read_cache(cache)
     rep = representatives(manifest).to_numpy()
     identity = manifest.set_index(manifest["path"].astype(str))[["bytes", "mtime"]]
-    wanted = pd.DataFrame({"path": rep})
-    wanted = wanted.join(identity, on="path")
-    return _aligned(wanted, keys, vectors)
+    wanted = pd.DataFrame({"path": rep}).join(identity, on="path")
+    return aligned(wanted, keys, vectors)

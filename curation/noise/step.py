@@ -9,14 +9,16 @@ bytes) with one label, so copies are embedded and judged once and never straddle
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from curation.config import BACKBONES, ConfigError, DatasetConfig, check_root
-from curation.embed.cache import embed_files, embed_manifest, representatives
+from curation.config import ConfigError, DatasetConfig, check_root
+from curation.embed.cache import representatives
+from curation.embed.compute import EmbedSettings, embed_files
+from curation.embed.step import ensure_embeddings, readable_rows
 from curation.figures import save_png
 from curation.images import image_files
 from curation.manifest import NOISE_COLUMNS, atomic_write
@@ -76,30 +78,16 @@ def outside_photos(folder: Path) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What `curate flag-noise` can be told."""
+class Settings(EmbedSettings):
+    """What `curate flag-noise` can be told: how to embed (as `curate embed`), then how to judge."""
 
-    backbone: str | None = setting(None, "Embedding backbone [default: datasets.yaml].",
-                                   choices=BACKBONES, config="backbone")
-    weights: str | None = setting(None, "imagenet (a file from $CURATE_WEIGHTS, else Keras "
-                                  "downloads it), a no-top weights file, or none "
-                                  "[default: datasets.yaml].", config="weights", kind=str)
-    image_size: int | None = setting(None, "Square input size in pixels [default: datasets.yaml].",
-                                     kind=int, low=32, high=1024, config="image_size")
     folds: int = setting(5, "Cross-validation folds of the mislabel head.", low=2, high=20)
-    seed: int = setting(0, "Same seed, same flags.")
     threshold: float | None = setting(
         None, "Flag when noise_score >= this (default: automatic, each signal's own cut from "
         "confident learning's noise-rate estimate and robust z-scores).", kind=float, low=0,
         high=1, low_open=True, high_open=True, run_flag="--noise-threshold")
     max_flag_rate: float | None = setting(0.3, "Flag at most this fraction of images (top scores).",
                                           kind=float, low=0, high=1, low_open=True)
-    batch_size: int = setting(32, "Images per embedding batch.", low=1, high=1024,
-                              run_flag="--embed-batch-size")
-    tta: bool = setting(True, "Average each embedding with its mirror image's (2x slower, "
-                        "finds more).")
-    workers: int | None = setting(None, "Image-loading threads.", kind=int, low=1, high=256,
-                                  result=False)
     audit: bool = setting(False, "Also plant known noise in memory (5% wrong labels, and outside "
                           "photos with --noncar-dir) and report how much of it is caught.",
                           result=False)
@@ -116,13 +104,10 @@ def run(work: Workdir, settings: Settings) -> dict:
     """Flag suspect images in <workdir>/manifest.parquet and write the noise outputs."""
     check_root(work.config)
     params = NoiseParams(folds=settings.folds, seed=settings.seed)
-    embed_options = dict(backbone=settings.backbone, weights=settings.weights,
-                         image_size=settings.image_size, batch_size=settings.batch_size,
-                         tta=settings.tta, seed=settings.seed, loaders=settings.workers,
-                         quiet=work.quiet)
+    embedding = EmbedSettings(**{f.name: getattr(settings, f.name) for f in fields(EmbedSettings)})
     manifest = work.read()
-    rows = manifest[manifest["readable"].astype(bool)].reset_index(drop=True)
-    run = embed_manifest(rows, work.root, work.path.resolve(), **embed_options)
+    rows = readable_rows(manifest)
+    run = ensure_embeddings(work, rows, embedding)
     ok = ~np.isnan(run.vectors).any(axis=1) if run.vectors.size else np.zeros(len(rows), bool)
     rows, vectors = rows[ok].reset_index(drop=True), run.vectors[ok]
     if len(rows) < 3:
@@ -139,7 +124,8 @@ def run(work: Workdir, settings: Settings) -> dict:
     summary.update(backbone=settings.backbone, weights=str(settings.weights))
     if settings.audit:
         summary["audit"] = run_audit(rows, vectors, work.path.resolve(), settings.noncar_dir,
-                                     params, rate=settings.audit_rate, embed_options=embed_options)
+                                     params, rate=settings.audit_rate, embedding=embedding,
+                                     quiet=work.quiet)
     work.derived.update({k: v for k, v in asdict(params).items() if k not in ("folds", "seed")})
     summary["seconds"] = round(time.time() - work.started, 2)
     return summary
@@ -158,7 +144,8 @@ def _typed(flags: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_audit(rows: pd.DataFrame, vectors: np.ndarray, workdir: Path, noncar_dir: Path | None,
-              params: NoiseParams, *, rate: float, embed_options: dict) -> dict:
+              params: NoiseParams, *, rate: float, embedding: EmbedSettings,
+              quiet: bool = False) -> dict:
     """Plant `rate` mislabels (and outside photos from noncar_dir) in memory and score detection."""
     from curation.noise.audit import audit
 
@@ -167,7 +154,7 @@ def run_audit(rows: pd.DataFrame, vectors: np.ndarray, workdir: Path, noncar_dir
     outside = None
     if noncar_dir is not None:
         photos = outside_photos(noncar_dir)
-        embedded = embed_files(photos, workdir, **embed_options).vectors
+        embedded = embed_files(photos, workdir, settings=embedding, quiet=quiet).vectors
         outside = embedded[~np.isnan(embedded).any(axis=1)] if embedded.size else None
     return audit(vectors[units["row"].to_numpy()], labels, units["group"].to_numpy(), outside=outside,
                  mislabel_rate=rate, outside_rate=rate if outside is not None else 0.0,
@@ -237,7 +224,8 @@ def summarize(flags: pd.DataFrame, info: dict, run, outputs: dict, *, threshold,
         "threshold": "auto (0.5: each signal's own cut)" if threshold is None else threshold,
         "max_flag_rate": max_flag_rate, "capped_by_max_flag_rate": bool(capped),
         "detector": info,
-        "embeddings": {"cache_file": str(run.cache_file), "computed": run.computed,
+        "embeddings": {"cache_file": str(run.cache_file), "engine": run.engine,
+                       "computed": run.computed,
                        "reused": run.reused, "images_per_second": run.images_per_second,
                        "failed": dict(sorted(run.failed.items()))},
         "top": {r: flagged.loc[flagged["noise_reason"] == r, "path"].head(5).tolist()
@@ -295,7 +283,7 @@ HELP = """Flag non-car photos, wrong labels and outliers from backbone embedding
 Example: curate flag-noise stanford-cars-25
          curate flag-noise ~/photos/cars --weights ~/mobilenet_v2_no_top.h5
          curate flag-noise stanford-cars-25 --audit --noncar-dir ~/non-car
-Embeddings are cached in <workdir>/embeddings (only new files are embedded again). Adds
+Embeddings come from the `curate embed` cache (missing ones are embedded first). Adds
 noise_score, noise_flag, noise_reason, suggested_label and one column per signal to the
 manifest, and writes noise.csv, noise_suspects.png and noise_scores.png. Files are never
 changed.
@@ -304,4 +292,4 @@ changed.
 
 STEP = Step("flag-noise", Settings, run, describe, help=HELP,
             needs=("path", "label", "readable", "bytes", "mtime"), uses=("sha256", "dup_of"),
-            adds=tuple(OUTPUT_COLUMNS), outputs=("noise.csv",))
+            adds=tuple(OUTPUT_COLUMNS), outputs=("noise.csv",), after=("embed",))

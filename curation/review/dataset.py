@@ -179,15 +179,16 @@ def save_problem_view(dataset, paths: list[str]) -> None:
 
 # ---- embeddings map -------------------------------------------------------------------------
 
-def load_embeddings(workdir: Path, manifest: pd.DataFrame) -> dict[str, np.ndarray] | None:
-    """The embeddings flag-noise cached, by manifest path (no model is loaded); None without."""
-    from curation.embed.cache import load_cached_embeddings
+def load_embeddings(work, manifest: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """Embeddings by manifest path from the embed step's cache (the cold ones embedded first)."""
+    from curation.embed.step import manifest_embeddings, readable_rows
 
-    vectors = load_cached_embeddings(workdir, manifest)
-    if vectors is None or not vectors.size:
+    rows = readable_rows(manifest)
+    vectors = manifest_embeddings(work, rows)
+    if not vectors.size:
         return None
     found = ~np.isnan(vectors).any(axis=1)
-    return dict(zip(manifest["path"].astype(str)[found], vectors[found]))
+    return dict(zip(rows["path"].astype(str)[found], vectors[found]))
 
 
 def resolve_map_method(method: str) -> str:
@@ -220,7 +221,7 @@ def compute_map(fo, dataset, embeddings: dict | None, method: str, seed: int,
 
     if method == "none" or not embeddings:
         return {"map": None, "map_reason": "method none" if method == "none" else
-                "no cached embeddings (run `curate flag-noise` first)"}
+                "no image could be embedded"}
     ids_by_path = dict(zip(*dataset.values(["path", "id"])))
     paths = sorted(p for p in embeddings if p in ids_by_path)
     if len(paths) < 5:

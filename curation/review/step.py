@@ -134,7 +134,8 @@ def build(work: Workdir, settings: Settings) -> dict:
     manifest = work.read()
     dataset, counts = build_dataset(fo, name, manifest, work.root.resolve())
     views = save_views(fo, dataset)
-    mapped = compute_map(fo, dataset, load_embeddings(work.path, manifest), method, settings.seed,
+    embeddings = None if method == "none" else load_embeddings(work, manifest)
+    mapped = compute_map(fo, dataset, embeddings, method, settings.seed,
                          announce=work.context.get("announce"))
     tags = dataset.count_sample_tags()
     work.derived.update(dataset=name, map_method=method)

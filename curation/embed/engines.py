@@ -1,0 +1,124 @@
+"""Engines that run the embedding network on a batch of decoded images.
+
+`onnx` (the default when onnxruntime is importable): the network exported once to ONNX and run by
+ONNX Runtime's CPU provider, one single-threaded session call per core on slices of the batch
+(measured ~1.3x faster here than one call with intra-op threads = cores: MobileNetV2's small
+depthwise layers split poorly across threads). `keras`: the Keras model itself, the reference
+and the GPU path. A backbone whose export fails (EfficientNetB0's normalisation constants come
+out as graph inputs) runs on keras, said once on stderr.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from curation.embed.export import embedding_model, export_onnx, onnx_path
+from curation.manifest import atomic_write_text
+
+ENGINES = ("onnx", "keras")
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str                                  # the engine that actually runs
+    run: Callable[[np.ndarray], np.ndarray]    # uint8 (n, h, w, 3) -> float32 features (n, d)
+
+
+class ExportFailed(Exception):
+    """The backbone could not be exported to a usable ONNX model; str() says why."""
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_engine() -> str:
+    """onnx when onnxruntime is installed, else keras."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "keras"
+    return "onnx"
+
+
+def get_engine(name: str, backbone: str, weights: str | None, image_size: int,
+               seed: int = 0) -> Engine:
+    """The engine `name` (one of ENGINES) for these settings, built once per process; onnx falls
+    back to keras when the backbone cannot be exported."""
+    if name == "onnx":
+        try:
+            return _onnx_engine(backbone, weights, image_size, seed)
+        except ExportFailed as exc:
+            print(f"onnx engine unavailable for {backbone} ({exc}); using keras", file=sys.stderr)
+    return _keras_engine(backbone, weights, image_size, seed)
+
+
+def embed_views(engine: Engine, images: np.ndarray, *, tta: bool) -> np.ndarray:
+    """Features of a uint8 batch; with tta the mirror images ride in the same batch and each
+    vector is the mean of an image's two views."""
+    if not tta:
+        return engine.run(images)
+    features = engine.run(np.concatenate([images, images[:, :, ::-1]]))
+    return (features[:len(images)] + features[len(images):]) / 2
+
+
+@functools.lru_cache(maxsize=2)
+def _keras_engine(backbone: str, weights: str | None, image_size: int, seed: int) -> Engine:
+    model = embedding_model(backbone, weights, image_size, seed)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        # no padding of short batches: TensorFlow stops retracing after the second batch size
+        return np.asarray(model.predict_on_batch(images.astype(np.float32)), dtype=np.float32)
+
+    return Engine("keras", run)
+
+
+@functools.lru_cache(maxsize=2)
+def _onnx_engine(backbone: str, weights: str | None, image_size: int, seed: int) -> Engine:
+    session = _session(onnx_path(backbone, weights, image_size, seed),
+                       lambda out: export_onnx(backbone, weights, image_size, out, seed))
+    name = session.get_inputs()[0].name
+    threads = cores()
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnx")
+
+    def one(images: np.ndarray) -> np.ndarray:
+        return session.run(None, {name: images.astype(np.float32)})[0]
+
+    def run(images: np.ndarray) -> np.ndarray:
+        # session.run releases the GIL and is safe to call from several threads at once
+        slices = np.array_split(images, min(threads, len(images)))
+        return np.concatenate(list(pool.map(one, slices))).astype(np.float32, copy=False)
+
+    return Engine("onnx", run)
+
+
+def _session(path: Path, export: Callable[[Path], Path]):
+    """An ONNX Runtime session on `path`, exported first when absent. A failed export is
+    remembered beside it (`.failed`, with the reason) so later runs do not try again."""
+    import onnxruntime
+
+    failed = path.with_suffix(".failed")
+    if failed.exists():
+        raise ExportFailed(failed.read_text().strip())
+    if not path.exists():
+        try:
+            export(path)
+        except Exception as exc:  # tf2onnx raises many types for graphs it cannot convert
+            atomic_write_text(failed, f"export failed: {type(exc).__name__}: {exc}"[:300])
+            raise ExportFailed(failed.read_text()) from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if len(session.get_inputs()) != 1:
+        atomic_write_text(failed, f"the export has {len(session.get_inputs())} inputs, not 1")
+        raise ExportFailed(failed.read_text())
+    return session
