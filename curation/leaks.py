@@ -1,18 +1,17 @@
-"""Duplicate groups that cross splits: the leak check shared by split, check-leaks, dedupe and report.
+"""Duplicate groups that cross splits: the leak rule of split, check-leaks, dedupe and report.
 
 Generic over the split column (`split`, `given_split`, ...): a group leaks when its members sit in
 more than one used split; `excluded` and empty cells are not used, so they never leak.
 """
 from __future__ import annotations
 
-import time
 from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from curation.vocabulary import GROUP_COLUMN, UNUSED_SPLITS, manifest_groups, split_sort_key
+from curation.vocabulary import GROUP_COLUMN, UNUSED_SPLITS, split_sort_key
+
 
 def leaking_mask(groups, splits) -> np.ndarray:
     """True for each image in a used split whose duplicate group also has members in another split."""
@@ -58,26 +57,6 @@ def leak_report(manifest: pd.DataFrame, column: str = "split", *, groups=None,
     return summarize_leaks(leaks, column=column, max_listed=max_listed)
 
 
-def check_leaks(workdir: Path, column: str | None = None) -> dict:
-    """`curate check-leaks`: the leak report of `column` (default: split, else given_split)."""
-    from curation.manifest import ManifestMissing, read_manifest, record_run
-
-    started = time.time()
-    manifest = read_manifest(workdir, required=["path"])
-    if column is None:
-        column = next((c for c in ("split", "given_split") if c in manifest.columns
-                       and manifest[c].notna().any()), "split")
-    if column not in manifest.columns or manifest[column].isna().all():
-        raise ManifestMissing(f"the manifest in {workdir} has no '{column}' values: run `curate "
-                              f"split` first, or name a split column with --column")
-    groups, from_dedupe = manifest_groups(manifest)
-    report = leak_report(manifest, column, groups=groups)
-    report["groups_from"] = ("dedupe" if from_dedupe
-                             else "sha256 (run `curate dedupe` to check near-duplicates too)")
-    record_run(workdir, "check-leaks", settings={"column": column}, summary=report, started=started)
-    return report
-
-
 def describe_leaks(report: dict, *, show: int | None = 10) -> str:
     """Lines naming the leaking groups: counts per split pair, then group by group (show: how many)."""
     if not report["leaking_groups"]:
@@ -93,8 +72,3 @@ def describe_leaks(report: dict, *, show: int | None = 10) -> str:
     if hidden > 0:
         lines.append(f"  ... and {hidden} more groups")
     return "\n".join(lines)
-
-
-def describe_check(report: dict) -> str:
-    """`curate check-leaks` output: every leaking group, and where the groups came from."""
-    return f"Duplicate groups from {report['groups_from']}.\n" + describe_leaks(report, show=None)

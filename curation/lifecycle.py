@@ -12,11 +12,14 @@ import ctypes
 import errno
 import fcntl
 import functools
+import multiprocessing.context
 import os
 import platform
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
+from concurrent.futures import process as futures_process
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, TypeVar
@@ -52,13 +55,42 @@ def die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _start_worker(parent: int, initializer: Callable[[], None] | None) -> None:
-    """Pool initializer: die with the parent, leave Ctrl-C and SIGTERM to it, run the caller's."""
-    die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if initializer is not None:
-        initializer()
+class _Worker(multiprocessing.context.ForkProcess):
+    """A pool worker that never runs the parent's Ctrl-C/SIGTERM handler and dies with it.
+
+    It is forked with both signals blocked and ignores them before unblocking: a Ctrl-C sent to
+    the whole process group while it starts cannot raise in it (a traceback, a pool wrongly
+    reported broken). The parent handles both and kills it.
+    """
+
+    def __init__(self, *args, started: list[_Worker], **kwargs):
+        super().__init__(*args, **kwargs)
+        self._parent, self._started = os.getpid(), started
+
+    def start(self) -> None:
+        with _interrupts_deferred():   # on record before a signal now can raise
+            super().start()
+            self._started.append(self)
+        raise_if_signalled()
+
+    def run(self) -> None:
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)   # also drops one that is pending
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        die_with_parent(self._parent)
+        super().run()
+
+
+class _WorkerContext(multiprocessing.context.ForkContext):
+    """The fork context, keeping every worker it starts on record. The pool's own list misses a
+    worker when the interrupt lands between its start and the pool noting it; that worker then
+    waits for work forever and Python's exit waits for it (the hang this prevents)."""
+
+    def __init__(self):
+        self.started: list[_Worker] = []
+
+    def Process(self, *args, **kwargs) -> _Worker:  # noqa: N802 (multiprocessing's name)
+        return _Worker(*args, started=self.started, **kwargs)
 
 
 @contextlib.contextmanager
@@ -66,42 +98,84 @@ def process_pool(workers: int, *, initializer: Callable[[], None] | None = None
                  ) -> Iterator[ProcessPoolExecutor]:
     """A ProcessPoolExecutor whose workers die with this process and are killed, with the queued
     work dropped, when the block ends by an exception (Ctrl-C, SIGTERM, an error)."""
-    pool = ProcessPoolExecutor(max_workers=workers, initializer=_start_worker,
-                               initargs=(os.getpid(), initializer))
+    context = _WorkerContext()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer)
     try:
         yield pool
     except BrokenProcessPool:
-        _stop(pool)
+        _stop(pool, context.started)
         raise WorkerDied("a worker process was killed (out of memory?): re-run with fewer "
                          "--workers; finished work is kept") from None
     except BaseException:
-        _stop(pool)
+        _stop(pool, context.started)
         raise
     pool.shutdown(wait=True)
 
 
-def _stop(pool: ProcessPoolExecutor) -> None:
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        with contextlib.suppress(OSError, ValueError):
-            process.kill()
+def _stop(pool: ProcessPoolExecutor, workers: list[_Worker]) -> None:
+    """Kill every worker and drop the queued work, with signals only noted meanwhile (a second
+    Ctrl-C must not leave a worker alive).
+
+    A worker killed while sending a large result (decoded pixels) leaves the pool's reader
+    thread waiting for the rest of it, and Python's exit waits for that thread. The workers'
+    ends of the result pipe close as they die; closing this process's end too turns the wait
+    into end-of-file, which the pool handles.
+    """
+    with _interrupts_deferred():
+        _hush_cancelled_future_race()
+        results = getattr(pool, "_result_queue", None)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in workers:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                process.kill()
+        with contextlib.suppress(OSError, AttributeError):
+            results._writer.close()
 
 
+def _hush_cancelled_future_race() -> None:
+    """Python 3.11's pool thread, marking the futures of a pool whose workers were killed as
+    failed, dies with InvalidStateError on one the caller had cancelled (CPython gh-107219,
+    fixed in 3.12): keep that known, harmless traceback off the user's screen."""
+    if getattr(threading.excepthook, "func", None) is not _quiet_about_cancelled_futures:
+        threading.excepthook = functools.partial(_quiet_about_cancelled_futures,
+                                                 threading.excepthook)
+
+
+def _quiet_about_cancelled_futures(fallback, args) -> None:
+    if not (args.exc_type is InvalidStateError
+            and isinstance(args.thread, futures_process._ExecutorManagerThread)):
+        fallback(args)
+
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _signalled: list[int] = []   # received, not yet handled: kept in case the raise was swallowed
+_deferring = [0]   # > 0 while a block that must not be cut short runs: signals are only noted
 
 
 def _raise_interrupt(signum, frame=None):
     """Signal handler: note the signal, raise KeyboardInterrupt (Ctrl-C) or Terminated (SIGTERM)."""
     _signalled.append(signum)
-    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    raise_if_signalled()
 
 
 def raise_if_signalled() -> None:
     """Raise again for a signal whose first raise was swallowed (Python ignores exceptions from
     at-fork hooks and __del__), so a run never carries on, or writes, after Ctrl-C or SIGTERM."""
-    if _signalled:
-        _raise_interrupt(_signalled.pop())
+    if _signalled and not _deferring[0]:
+        raise Terminated() if _signalled[-1] == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Inside, Ctrl-C and SIGTERM are only noted (raise_if_signalled raises them after) and are
+    blocked in this thread, so a process forked inside starts with them blocked."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    _deferring[0] += 1
+    try:
+        yield
+    finally:
+        _deferring[0] -= 1
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def checked(items: Iterable[T]) -> Iterator[T]:

@@ -103,16 +103,18 @@ def _manifest_or_none(workdir: Path) -> pd.DataFrame | None:
 
 def run_pipeline(config: DatasetConfig, workdir: Path, *, until: str | None = None,
                  from_step: str | None = None, settings: dict | None = None,
-                 quiet: bool = False, on_step: Callable[[dict], None] | None = None) -> dict:
+                 quiet: bool = False, on_step: Callable[[dict], None] | None = None,
+                 leave_out: dict[str, str] | None = None) -> dict:
     """Run the steps in order, skipping the up-to-date ones; `from_step` forces a re-run from there.
 
     settings: {field: value} for every step that has the field, and {step: {field: value}} for
-    one step (None values are ignored). on_step(entry) is called when a step starts (status
+    one step (None values are ignored). leave_out: {step: reason} for steps not to run at all
+    (shown as skipped, with the reason). on_step(entry) is called when a step starts (status
     'running') and when it ends (ran, skipped or failed). Raises StepFailed (with the partial
     summary) at the first step that fails.
     """
     workdir = Path(workdir)
-    settings = settings or {}
+    settings, leave_out = settings or {}, leave_out or {}
     check_keys(settings)
     names = steps_between(from_step, until)
     started = time.time()
@@ -121,11 +123,12 @@ def run_pipeline(config: DatasetConfig, workdir: Path, *, until: str | None = No
                "from": from_step, "until": until}
     with workdir_lock(workdir / "runs"):
         plans = {name: planned(registry.BY_NAME[name], config, workdir,   # all checked first
-                               given_for(registry.BY_NAME[name], settings)) for name in names}
+                               given_for(registry.BY_NAME[name], settings))
+                 for name in names if name not in leave_out}
         for name in names:
-            step, chosen = registry.BY_NAME[name], plans[name]
+            step, chosen = registry.BY_NAME[name], plans.get(name)
             forced = name == from_step or step.always
-            reason = None if forced else is_current(step, chosen, workdir)
+            reason = leave_out.get(name) or (None if forced else is_current(step, chosen, workdir))
             entry = {"step": name, "status": "skipped", "seconds": 0.0, "reason": reason}
             if reason is None:
                 _notify(on_step, {"step": name, "status": "running"})

@@ -44,24 +44,34 @@ def _tile(path: Path, caption: str, size: int, font) -> Image.Image:
 
 
 def contact_sheet(rows: Sequence[tuple[str, Sequence[tuple[Path, str]]]], out: Path, *,
-                  tile_size: int = 140, max_columns: int = 8) -> Path | None:
+                  tile_size: int = 140, max_columns: int = 8, legend: Sequence[str] = (),
+                  footer: Sequence[str] = ()) -> Path | None:
     """Write a PNG with one row per (title, [(image path, caption), ...]); None when empty.
 
-    Rows are e.g. one duplicate group each, or the top suspects of one noise reason.
+    Rows are e.g. one duplicate group each, or the top suspects of one noise reason. legend
+    lines are drawn above the rows (what the captions' marks mean), footer lines below them
+    (e.g. how many groups are not shown).
     """
     rows = [(title, list(items)[:max_columns]) for title, items in rows if items]
     if not rows:
         return None
     font = ImageFont.load_default()
-    title_height = 18
+    title_height = line_height = 18
     columns = max(len(items) for _, items in rows)
     row_height = title_height + tile_size + CAPTION_HEIGHT + 6
-    sheet = Image.new("RGB", (columns * (tile_size + 4) + 4, len(rows) * row_height + 4), "white")
+    top_space = len(legend) * line_height + (6 if legend else 0)
+    height = top_space + len(rows) * row_height + len(footer) * line_height + 4
+    sheet = Image.new("RGB", (columns * (tile_size + 4) + 4, height), "white")
     draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(legend):
+        draw.text((4, 2 + i * line_height), line, fill=(60, 60, 60), font=font)
     for r, (title, items) in enumerate(rows):
-        top = r * row_height + 2
+        top = top_space + r * row_height + 2
         draw.text((4, top + 2), title, fill=(0, 0, 0), font=font)
         for c, (path, caption) in enumerate(items):
             sheet.paste(_tile(path, caption, tile_size, font),
                         (4 + c * (tile_size + 4), top + title_height))
+    bottom = top_space + len(rows) * row_height + 2
+    for i, line in enumerate(footer):
+        draw.text((4, bottom + i * line_height), line, fill=(60, 60, 60), font=font)
     return atomic_write(Path(out), lambda tmp: sheet.save(tmp, format="PNG"))

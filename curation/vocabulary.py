@@ -1,5 +1,6 @@
 """Words and rules every step shares, defined once: split names, the keeper rule, which duplicate
-group an image is in, the model folder, unit vectors. Imports no step."""
+group an image is in, the model folder, unit vectors and their distance to centres.
+Imports no step."""
 from __future__ import annotations
 
 import numpy as np
@@ -78,3 +79,11 @@ def unit_rows(vectors: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Rows scaled to unit L2 norm, computed in dtype (all-zero rows stay zero)."""
     vectors = np.asarray(vectors, dtype=dtype)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def centre_distance(unit: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Cosine distance of each unit row to its nearest unit centre (one (d,) centre or (m, d)):
+    0 on a centre, 2 opposite. The one out-of-distribution distance: flag-noise's non-car and
+    per-class outlier scores and predict's not-a-car guard measure it (each with its own cut)."""
+    similarity = unit @ np.asarray(centres).T
+    return 1.0 - (similarity if similarity.ndim == 1 else similarity.max(axis=1))

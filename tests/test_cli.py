@@ -19,6 +19,7 @@ def test_every_command_has_help_with_an_example(runner, name):
     result = runner.invoke(main, [name, "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output
+    assert "%%" not in result.output   # click prints help text as written, unescaped
 
 
 def test_scan_prints_summary_and_json(runner, class_tree, tmp_path):

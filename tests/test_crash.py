@@ -134,26 +134,38 @@ def test_sigterm_and_ctrl_c_mid_pool_give_one_line_and_the_shell_exit_code(
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]   # nothing half-written
 
 
-@pytest.mark.parametrize(("command", "signum", "code"),
-                         [("split", signal.SIGTERM, 143), ("check-leaks", signal.SIGINT, 130),
-                          ("dedupe", signal.SIGTERM, 143), ("report", signal.SIGINT, 130)])
+# Where each step is signalled: while it reads its manifest, or (evaluate, which needs a model
+# first) while it loads the model.
+SIGNALLED_AT = {step: (safety, "read_parquet_checked") for step in
+                ("dedupe", "flag-noise", "split", "check-leaks", "train", "report", "review")}
+
+
+@pytest.mark.parametrize("command", [*SIGNALLED_AT, "evaluate"])
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_in_any_step_is_one_line_with_its_exit_code(class_tree, tmp_path, monkeypatch,
                                                              command, signum, code):
+    import training.evaluate
+
     runner = CliRunner()
-    workdir = str(tmp_path / "w")
-    assert runner.invoke(main, ["scan", str(class_tree), "--workdir", workdir, "-q"]).exit_code == 0
-    read = safety.read_parquet_checked
+    workdir = tmp_path / "w"
+    assert runner.invoke(main, ["scan", str(class_tree), "--workdir", str(workdir),
+                                "-q"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    module, name = SIGNALLED_AT.get(command, (training.evaluate, "Predictor"))
+    unsignalled = getattr(module, name)
 
-    def signalled_read(path):   # the signal arrives while the step reads its manifest
+    def signalled(*args, **kwargs):
         os.kill(os.getpid(), signum)
-        return read(path)
+        return unsignalled(*args, **kwargs)
 
-    monkeypatch.setattr(safety, "read_parquet_checked", signalled_read)
-    result = runner.invoke(main, [command, str(class_tree), "--workdir", workdir, "-q"])
+    monkeypatch.setattr(module, name, signalled)
+    result = runner.invoke(main, [command, str(class_tree), "--workdir", str(workdir), "-q"])
     assert result.exit_code == code, result.output
     assert result.output.strip().startswith(f"Error: curate {command} stopped by")
     assert len(result.output.strip().splitlines()) == 1
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handler restored after
+    after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    assert after == {**before, ".lock": b""}   # nothing written, the lock left free
 
 
 def test_a_swallowed_sigterm_still_stops_the_step_before_it_writes(class_tree, tmp_path,
@@ -175,6 +187,65 @@ def test_a_swallowed_sigterm_still_stops_the_step_before_it_writes(class_tree, t
     assert result.exit_code == 143 and "stopped by SIGTERM" in result.output
     assert (workdir / "manifest.parquet").read_bytes() == before
     assert not (workdir / "dupes.csv").exists()
+
+
+POOL_SCRIPT = """
+import os, signal, sys, time
+from curation.lifecycle import signals_as_interrupts
+from curation.parallel import map_files
+{setup}
+try:
+    with signals_as_interrupts():
+        map_files(time.sleep, [30] * 8, workers=2, quiet=True)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def run_pool_script(setup: str) -> tuple[subprocess.Popen, list[int]]:
+    process = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT.format(setup=setup)], cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (workers := children(process.pid)) and process.poll() is None:
+        assert time.time() < deadline, "no worker pool started"
+        time.sleep(0.002)
+    return process, workers
+
+
+@needs_proc
+def test_a_signal_while_the_pool_starts_its_workers_stops_every_one_and_exits():
+    """Ctrl-C landing while a worker is being forked: raised once that worker is on record (a
+    worker started but not yet noted by the pool used to wait for work forever, and Python's
+    exit waited for it), never inside the new worker."""
+    process, workers = run_pool_script(
+        "os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))")
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130 and err == ""
+    assert wait_gone(workers) == []
+
+
+@needs_proc
+def test_a_worker_killed_mid_result_does_not_hang_the_exit():
+    """A worker SIGKILLed while sending a large result (train's decoded pixels) leaves part of a
+    message in the result pipe: the pool's reader must see end-of-file, not wait for the rest."""
+    process, workers = run_pool_script(
+        "import struct, threading\n"
+        "from curation import lifecycle\n"
+        "pool_class = lifecycle.ProcessPoolExecutor\n"
+        "def cut_off(pool):   # a header promising 1 MB, then only part of it\n"
+        "    time.sleep(0.5)\n"
+        "    os.write(pool._result_queue._writer.fileno(), struct.pack('!i', 1 << 20) + b'part')\n"
+        "    time.sleep(0.5)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "class Pool(pool_class):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        threading.Thread(target=cut_off, args=(self,), daemon=True).start()\n"
+        "lifecycle.ProcessPoolExecutor = Pool")
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130 and err == ""
+    assert wait_gone(workers) == []
 
 
 def test_garbled_manifest_is_one_line_naming_it_and_the_bak_restores(class_tree, tmp_path):
@@ -227,6 +298,29 @@ def test_a_second_run_on_a_busy_workdir_gets_the_busy_message(class_tree, tmp_pa
         result = finish("split", str(class_tree), "--workdir", str(tmp_path), "-q")
     assert result.returncode == 1
     assert f"in use by pid {os.getpid()}" in result.stderr and "Traceback" not in result.stderr
+
+
+@needs_proc
+def test_a_step_while_flag_noise_runs_is_told_the_workdir_is_busy_and_sigterm_stops_it(
+        photos, tmp_path):
+    assert finish("scan", str(photos), "--workdir", str(tmp_path), "-q").returncode == 0
+    before = (tmp_path / "manifest.parquet").read_bytes()
+    process = curate("flag-noise", str(photos), "--workdir", str(tmp_path), "-q", "--backbone",
+                     "mobilenet_v1_025", "--weights", "none")
+    holder = f"pid {process.pid} on {os.uname().nodename}"
+    deadline = time.time() + 60
+    while (tmp_path / ".lock").read_text() != holder:
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.01)
+    busy = CliRunner().invoke(main, ["split", str(photos), "--workdir", str(tmp_path), "-q"])
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert busy.exit_code == 1 and f"in use by pid {process.pid}" in busy.output, busy.output
+    assert process.returncode == 143, err
+    assert err.startswith("Error: curate flag-noise stopped by SIGTERM")
+    assert len(err.splitlines()) == 1
+    assert (tmp_path / "manifest.parquet").read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 def test_a_lock_held_only_by_orphans_of_a_dead_pid_is_taken_over(tmp_path, capsys):

@@ -160,3 +160,27 @@ def test_unhashable_rows_do_not_stop_the_run(planted, tmp_path):
     summary = dedupe(config, work, workers=1, quiet=True)
     assert summary["hash_failed"] == {"empty file": ["alpha/3.jpg"]}
     assert summary["changed_since_scan"] == 1 and summary["groups"] == len(COPIES)
+
+
+def test_sheet_has_a_legend_marks_mixed_labels_and_counts_groups_not_shown(planted, tmp_path,
+                                                                         monkeypatch):
+    from PIL import ImageDraw
+
+    from curation.dedupe.step import SHEET_LEGEND, describe
+
+    drawn = []
+    text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text",
+                        lambda self, xy, words, *a, **k: drawn.append(words) or text(
+                            self, xy, words, *a, **k))
+    summary, _ = run(planted, tmp_path / "work", sheet_groups=2)
+    assert all(line in drawn for line in SHEET_LEGEND)
+    assert f"{len(COPIES) - 2} more groups not shown ({2 * (len(COPIES) - 2)} images): " \
+           f"see dupes.csv" in drawn
+    drawn.clear()
+    summary, _ = run(planted, tmp_path / "all", sheet_groups=len(COPIES))
+    assert [t for t in drawn if "MIXED LABELS: beta, gamma" in t]   # beta/2 copied into gamma
+    assert not [t for t in drawn if "more groups not shown" in t]
+    text_summary = describe(summary)
+    assert "1 groups mix labels (members filed under different classes" in text_summary
+    assert "same photo under two classes" not in text_summary

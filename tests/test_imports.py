@@ -1,6 +1,6 @@
 """The import rules of docs/architecture.md, read from the source with `ast`: no import cycle
 (lazy imports inside functions count too), plumbing imports no step, steps import neither the
-pipeline nor the CLI."""
+pipeline nor the CLI, the synthetic fixtures stand apart."""
 from __future__ import annotations
 
 import ast
@@ -17,8 +17,10 @@ STEP_PACKAGES = ("curation.scan", "curation.dedupe", "curation.noise", "curation
                  "curation.review", "curation.split", "curation.report", "curation.demo",
                  "training")
 # what puts the steps together (the demo runs the whole pipeline)
-ASSEMBLY = {"curation.registry", "curation.pipeline", "curation.cli_options", "cli",
-            "curation.demo.step"}
+ASSEMBLY = {"curation.registry", "curation.pipeline", "curation.cli_options",
+            "curation.model_cli", "cli", "curation.demo.step"}
+# the generated dataset with planted problems (tests and `curate demo`)
+FIXTURES = {"curation.demo.synthetic", "curation.demo.drawing"}
 
 
 def module_name(path: Path) -> str:
@@ -98,9 +100,17 @@ def test_steps_import_neither_the_pipeline_nor_the_cli(graph):
     assert not {m: d for m, d in bad.items() if d}, bad
 
 
+def test_fixtures_import_plumbing_only_and_only_the_demo_uses_them(graph):
+    outward = {m: sorted(graph[m] - PLUMBING - FIXTURES) for m in FIXTURES}
+    users = sorted(m for m, deps in graph.items()
+                   if deps & FIXTURES and m not in FIXTURES and m != "curation.demo.step")
+    assert not any(outward.values()) and not users, (outward, users)
+
+
 def test_the_rules_see_real_edges(graph):
     """The checker reads imports as they are: known edges, including relative and lazy ones."""
     assert "curation.registry" in graph["curation.pipeline"]
     assert "training.data" in graph["training.train"]                  # `from .data import`
     assert "curation.split.materialize" in graph["curation.split.step"]  # inside a function
-    assert all(m in graph for m in PLUMBING)
+    assert all(m in graph for m in PLUMBING | FIXTURES)
+    assert "curation.demo.synthetic" in graph["curation.demo.step"]

@@ -9,10 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from curation.vocabulary import exact_groups
-from curation.leaks import (check_leaks, describe_check, find_leaks, leak_report,
-                            leaking_mask)
+from curation.config import DatasetConfig
+from curation.leaks import find_leaks, leak_report, leaking_mask
 from curation.manifest import ManifestMissing, read_manifest, read_run, write_manifest
+from curation.split.check_leaks import check_leaks, describe
+from curation.vocabulary import exact_groups
 
 
 def frame(rows) -> pd.DataFrame:
@@ -55,7 +56,6 @@ def test_exact_groups_join_identical_bytes_only():
 @pytest.fixture
 def given_tree(tmp_path, make_image):
     """train/test folders where one test image is a byte copy of a train image; scanned."""
-    from curation.config import DatasetConfig
     from curation.scan.step import scan
 
     root = tmp_path / "data"
@@ -63,42 +63,45 @@ def given_tree(tmp_path, make_image):
         for i in range(3):
             make_image(root / given / "swift" / f"{i}.jpg", seed=(10 if given == "train" else 20) + i)
     shutil.copy(root / "train" / "swift" / "0.jpg", root / "test" / "swift" / "copy.jpg")
-    scan(DatasetConfig(name="g", root=root), tmp_path / "w", workers=1, quiet=True)
-    return root, tmp_path / "w"
+    config = DatasetConfig(name="g", root=root)
+    scan(config, tmp_path / "w", workers=1, quiet=True)
+    return config, tmp_path / "w"
 
 
 def test_check_leaks_falls_back_to_given_split_and_byte_groups(given_tree):
-    _, work = given_tree
-    report = check_leaks(work)
+    config, work = given_tree
+    report = check_leaks(config, work)
     assert report["column"] == "given_split" and report["groups_from"].startswith("sha256")
     assert report["groups"] == [{"group": report["groups"][0]["group"],
                                  "splits": {"train": ["train/swift/0.jpg"], "test": ["test/swift/copy.jpg"]}}]
-    assert "train/swift/0.jpg" in describe_check(report)
-    assert read_run(work, "check-leaks")["summary"]["leaking_groups"] == 1
+    assert "train/swift/0.jpg" in describe(report)
+    record = read_run(work, "check-leaks")
+    assert record["summary"]["leaking_groups"] == 1 and record["settings"] == {"column": None}
     with pytest.raises(ManifestMissing, match="no 'split' values"):
-        check_leaks(work, "split")
+        check_leaks(config, work, "split")
 
 
 def test_check_leaks_without_any_grouping_column_finds_nothing(tmp_path):
     write_manifest(pd.DataFrame({"path": ["a.jpg", "b.jpg"], "split": ["train", "test"]}), tmp_path)
-    report = check_leaks(tmp_path, None)
+    report = check_leaks(DatasetConfig(name="t", root=tmp_path), tmp_path, None)
     assert report["leaking_groups"] == 0 and report["groups_from"].startswith("sha256")
 
 
 def test_check_leaks_uses_dedupe_groups_and_split_column(given_tree):
-    _, work = given_tree
+    config, work = given_tree
     manifest = read_manifest(work)
     manifest["dup_group"] = pd.array([7 if p.endswith("1.jpg") else None for p in manifest["path"]],
                                      dtype="Int64")
     manifest["split"] = ["train" if p.startswith("train") else "val" for p in manifest["path"]]
     write_manifest(manifest, work)
-    report = check_leaks(work)
+    report = check_leaks(config, work)
     assert report["column"] == "split" and report["groups_from"] == "dedupe"
     assert report["pairs"] == {"train/val": 1}
 
 
 def test_cli_exits_1_and_lists_groups_then_0_after_a_split(given_tree):
-    root, work = given_tree
+    config, work = given_tree
+    root = config.root
     runner = CliRunner()
     result = runner.invoke(main, ["check-leaks", str(root), "--workdir", str(work)])
     assert result.exit_code == 1 and "test/swift/copy.jpg" in result.output

@@ -14,6 +14,7 @@ from curation import pipeline, registry
 from curation.demo import synthetic
 from curation.config import ConfigError, DatasetConfig, TrainingSettings
 from curation.manifest import read_manifest
+from curation.report.truth import score
 from curation.settings import SettingError
 from curation.steps import fingerprint
 
@@ -66,7 +67,7 @@ def test_first_run_does_each_step_once_in_order(journey):
 
 def test_pipeline_finds_what_was_planted(journey):
     manifest = read_manifest(journey["workdir"])
-    found = synthetic.score(manifest, journey["truth"])
+    found = score(manifest, journey["truth"])
     assert found["exact_duplicates_found"]["rate"] == 1.0
     assert found["near_duplicates_found"]["rate"] >= 0.8
     assert found["false_duplicate_groups"] == 0
@@ -131,8 +132,10 @@ def test_failing_step_stops_with_its_name_and_resumes(tmp_path):
     assert "step 'embed' failed" in result.output and "missing.h5" in result.output
     assert "resumes at 'embed'" in result.output and "Traceback" not in result.output
     recorded = {path.stem for path in (workdir / "runs").glob("*.json")}
-    assert recorded == {"scan", "dedupe"}
+    assert recorded == {"scan", "dedupe", "report"}     # embed recorded nothing
     assert (workdir / "report.html").is_file()          # the partial report
+    waiting = json.loads((workdir / "runs" / "report.json").read_text())["summary"]
+    assert waiting["waiting_for"][:1] == ["flag-noise"]
     result = CliRunner().invoke(main, [*args, "--weights", weights(), "--json", "-q"])
     assert result.exit_code == 0, result.output
     assert statuses(json.loads(result.output)) == {"scan": "ran", "dedupe": "skipped",
@@ -161,11 +164,30 @@ def test_run_settings_are_checked_before_any_step(tmp_path):
         pipeline.run_pipeline(config, tmp_path / "w", settings={"colour": "red"})
 
 
-def test_demo_picks_data_and_weights(tmp_path, monkeypatch):
+def test_demo_finds_weights_the_user_has_else_downloads_else_trains_from_scratch(
+        tmp_path, monkeypatch):
+    from training.scratch import SCRATCH
+
     monkeypatch.delenv("CURATE_WEIGHTS", raising=False)
-    chosen, note = demo.choose_weights(is_online=lambda: False)
-    assert chosen == "none" and note.startswith("NOTE")
-    assert demo.choose_weights(is_online=lambda: True)[0] == "imagenet"
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(demo, "CHECKOUT", tmp_path / "checkout")
+    assert demo.weight_folders() == [tmp_path / "keras" / "models", tmp_path / "shared" / "weights"]
+    chosen, note = demo.choose_weights(synthetic=True, is_online=lambda: False)
+    assert chosen == SCRATCH and note.startswith("NOTE") and "CURATE_WEIGHTS" in note
+    with pytest.raises(ConfigError, match="Set CURATE_WEIGHTS to a folder holding "
+                                          "mobilenet_v2_1.0_224_no_top.weights.h5"):
+        demo.choose_weights(synthetic=False, is_online=lambda: False)
+    assert demo.choose_weights(synthetic=False, is_online=lambda: True)[0] == "imagenet"
+    for folder in (tmp_path / "keras" / "models", tmp_path / "shared" / "weights"):
+        cached = folder / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+        cached.parent.mkdir(parents=True)
+        cached.write_bytes(b"weights")
+        assert demo.choose_weights(synthetic=False, is_online=lambda: True)[0] == str(cached)
+        cached.unlink()
+    monkeypatch.setenv("CURATE_WEIGHTS", str(tmp_path / "mine"))
+    assert demo.weight_folders()[0] == tmp_path / "mine"
+    assert set(demo.skipped_steps(SCRATCH)) == {"embed", "flag-noise"}
+    assert demo.skipped_steps("imagenet") == {}
     monkeypatch.delenv("CURATE_DATA", raising=False)
     config, text = demo.demo_dataset(tmp_path / "demo", seed=0)
     assert demo.is_synthetic(config) and text.startswith("SYNTHETIC")
@@ -222,3 +244,25 @@ def test_a_manual_run_stays_in_force_and_run_takes_every_steps_options(tmp_path)
     result = runner.invoke(main, ["run", root, "--workdir", workdir, "--until", "dedupe",
                                   "--max-flag-rate", "0"])
     assert result.exit_code == 2 and "--max-flag-rate" in result.output
+
+
+@pytest.mark.slow
+def test_demo_without_any_weights_trains_a_small_cnn_that_learns(tmp_path, monkeypatch):
+    """The README's first command, offline with no weights anywhere: the synthetic demo must
+    still give a model that learned (a frozen random backbone gave 0.15 test accuracy)."""
+    for name in ("CURATE_WEIGHTS", "CURATE_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(demo, "CHECKOUT", tmp_path / "checkout")
+    monkeypatch.setattr(demo, "online", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["demo", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    steps = {entry["step"]: entry for entry in summary["steps"]}
+    for skipped in ("embed", "flag-noise"):
+        assert steps[skipped]["status"] == "skipped" and "ImageNet" in steps[skipped]["reason"]
+    assert steps["train"]["summary"]["backbone"] == "small_cnn"
+    workdir = tmp_path / ".curate" / "demo" / "synthetic-vehicles"   # the default folder
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["accuracy"] >= 0.8, metrics                     # chance is 0.2

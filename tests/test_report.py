@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import time
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from cli import main
+from curation import registry
 from curation.report import html_page
 from curation.demo import synthetic
 from curation.config import DatasetConfig
+from curation.manifest import read_manifest, read_run, record_run, write_manifest
 from curation.report.step import build_report
 from curation.scan.step import scan
 from curation.split.step import split
@@ -65,6 +70,28 @@ def test_sections_show_counts_or_say_what_to_run(scanned):
     assert "(leak-free)" in parts["split"] and "unreadable" in parts["split"]
     truth = parts["truth"]
     assert "unreadable found" in truth and "1.000" in truth
+
+
+def test_sections_wait_for_their_steps_record_not_for_their_html(scanned, tmp_path):
+    config, scanned_work, _ = scanned
+    work = tmp_path / "w"
+    shutil.copytree(scanned_work, work)
+    summary = build_report(config, work)
+    assert summary["waiting_for"] == ["dedupe", "flag-noise", "review-sync", "train", "evaluate"]
+    assert summary["incomplete"] == ["Duplicates and leaks", "Flagged noise", "Review",
+                                     "Training", "Test metrics"]
+    assert read_run(work, "report")["summary"]["report"] == summary["report"]
+    manifest = read_manifest(work)   # flag-noise's columns without its record: still waiting
+    manifest = manifest.assign(**{c: pd.NA for c in registry.FLAG_NOISE.adds})
+    manifest = manifest.assign(noise_flag=False, noise_score=0.0)
+    write_manifest(manifest, work)
+    assert "Flagged noise" in build_report(config, work)["incomplete"]
+    record_run(work, "flag-noise", settings={}, summary={"threshold": 0.5}, started=time.time())
+    summary = build_report(config, work)
+    noise = sections((work / "report.html").read_text())["noise"]
+    assert "Flagged noise" not in summary["incomplete"] and "threshold: 0.5" in noise
+    write_manifest(manifest.drop(columns="noise_flag"), work)   # a re-scan dropped a column
+    assert "Flagged noise" in build_report(config, work)["incomplete"]
 
 
 def test_text_from_folder_names_is_escaped(tmp_path, make_image):

@@ -316,20 +316,21 @@ def test_cli_prints_the_class_table_and_materializes(scanned, tmp_path):
 def test_swift_wagonr_given_split_leaks_and_a_fresh_split_does_not(curate_data, tmp_path):
     from curation.config import resolve_dataset
     from curation.dedupe.step import dedupe
-    from curation.leaks import check_leaks
+    from curation.split.check_leaks import check_leaks
 
     config = resolve_dataset("swift-wagonr")
     work = tmp_path / "work"
     scan(config, work, workers=2, quiet=True)
     dedupe(config, work, workers=2, quiet=True)
 
-    given = check_leaks(work, "given_split")
+    given = check_leaks(config, work, "given_split")
     assert given["groups_from"] == "dedupe" and given["pairs"].get("train/test", 0) >= 5
     byte_copy = {"train/swift/maruti_suzuki_swift_161.jpg", "test/swift/maruti_suzuki_swift_110.jpg"}
     assert any(byte_copy <= {p for paths in g["splits"].values() for p in paths} for g in given["groups"])
 
     fresh = split(config, work, quiet=True)
-    assert fresh["leaks"]["leaking_groups"] == 0 and check_leaks(work)["leaking_groups"] == 0
+    assert fresh["leaks"]["leaking_groups"] == 0
+    assert check_leaks(config, work)["leaking_groups"] == 0
     assert fresh["given_leaks"]["leaking_groups"] == given["leaking_groups"]
     assert fresh["max_deviation"] < 1 and fresh["excluded_by"]["duplicate"] > 0
     whole = split(config, work, keep_duplicates=True, reshuffle=True, quiet=True)

@@ -13,6 +13,7 @@ from PIL import ImageOps
 from curation.demo import synthetic
 from curation.config import DatasetConfig
 from curation.images import ImageError, load_image, probe
+from curation.report.truth import score
 from curation.scan.step import scan
 
 SMALL = synthetic.SyntheticSpec(per_class=12, exact_duplicates=4, near_duplicates=6, mislabels=4,
@@ -136,12 +137,12 @@ def perfect_manifest(truth: dict) -> pd.DataFrame:
 
 def test_score_of_a_perfect_and_of_an_empty_result(made):
     _, truth = made
-    good = synthetic.score(perfect_manifest(truth), truth)
+    good = score(perfect_manifest(truth), truth)
     for key in ("exact_duplicates_found", "near_duplicates_found", "mislabels_flagged",
                 "off_topic_reason_right", "mislabels_suggestion_right", "unreadable_found"):
         assert good[key]["rate"] == 1.0, key
     assert good["false_duplicate_groups"] == 0 and good["noise_precision"]["rate"] == 1.0
     bad = perfect_manifest(truth).assign(dup_group=0, noise_flag=False, readable=True)
-    poor = synthetic.score(bad, truth)
+    poor = score(bad, truth)
     assert poor["false_duplicate_groups"] == 1
     assert poor["mislabels_flagged"]["rate"] == 0 and poor["unreadable_found"]["rate"] == 0

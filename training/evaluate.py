@@ -98,7 +98,7 @@ def run(work: Workdir, settings: EvaluateSettings) -> dict:
     if not len(rows):
         raise NotEnoughData("the test split holds no image of a class the model knows")
     probs, distances = predictor.scores(pixels, rows["slot"].to_numpy(), batch_size=batch_size,
-                                        verbose=0 if quiet else 2)
+                                        label=None if quiet else "evaluate: test images")
     verdicts = predictor.verdicts(probs, distances)
     metrics = {"dataset": config.name, "model_dir": str(model_dir), "test_images": int(len(y)),
                "test_rows_with_unknown_class": int((~known).sum()),

@@ -14,10 +14,11 @@ import numpy as np
 from curation.images import ImageError, load_array
 from curation.manifest import atomic_write, atomic_write_json
 from curation.errors import ModelMissing
-from curation.vocabulary import unit_rows
+from curation.vocabulary import centre_distance, unit_rows
 
 from .data import PixelBatches
 from .model import feature_model, load_classifier
+from .progress import progress_callbacks
 
 NOT_A_CAR = "not a car"
 UNSURE = "unsure"
@@ -34,14 +35,18 @@ def class_means(features: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarr
 
 
 def ood_distance(features: np.ndarray, means: np.ndarray) -> np.ndarray:
-    """Cosine distance from each embedding to its nearest class mean (0 = on a mean, 2 = opposite)."""
-    return 1.0 - (unit_rows(features) @ means.T).max(axis=1)
+    """Cosine distance from each embedding to its nearest class mean (0 = on a mean, 2 = opposite):
+    flag-noise's distance rule (vocabulary.centre_distance), centres from clean train labels."""
+    return centre_distance(unit_rows(features), means)
 
 
 def calibrate(train_features: np.ndarray, train_y: np.ndarray, val_features: np.ndarray,
               val_probs: np.ndarray, n_classes: int, *, distance_quantile: float = DISTANCE_QUANTILE,
               confidence_quantile: float = CONFIDENCE_QUANTILE) -> tuple[np.ndarray, dict]:
-    """Class means from train embeddings and thresholds from validation quantiles."""
+    """Class means from train embeddings and the guard's thresholds from validation quantiles.
+
+    Calibrates two cut-offs of a trained model, unlike flag-noise's temperature_scale, which
+    calibrates cross-validated probabilities; nothing here rescales a probability."""
     means = class_means(train_features, train_y, n_classes)
     distances = ood_distance(val_features, means)
     return means, {
@@ -93,15 +98,19 @@ def read_model_info(model_dir: Path) -> tuple[dict, dict, np.ndarray]:
 
 
 def flip_averaged(model, pixels: np.ndarray, slots: np.ndarray | None = None, *,
-                  batch_size: int = 32, verbose: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  batch_size: int = 32, label: str | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, probabilities) of a feature_model, averaged over each image and its mirror.
 
     Test-time flip averaging costs a second forward pass and is worth 1-2 points of accuracy
     on fine-grained cars; training calibrates the OOD thresholds on the same averaged outputs.
+    label names the progress shown (None: none).
     """
     slots = np.arange(len(pixels)) if slots is None else slots
     runs = [model.predict(PixelBatches(pixels, slots, batch_size=batch_size, flip=flip),
-                          verbose=verbose) for flip in (False, True)]
+                          verbose=0, callbacks=progress_callbacks(
+                              label and f"{label}{' (mirrored)' if flip else ''}"))
+            for flip in (False, True)]
     features = np.mean([np.asarray(f, np.float32) for f, _ in runs], axis=0)
     return features, np.mean([np.asarray(p, np.float32) for _, p in runs], axis=0)
 
@@ -115,10 +124,10 @@ class Predictor:
         self.model = feature_model(load_classifier(Path(model_dir) / "model.keras"))
 
     def scores(self, pixels: np.ndarray, slots: np.ndarray | None = None, *, batch_size: int = 32,
-               verbose: int = 0) -> tuple[np.ndarray, np.ndarray]:
+               label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities, OOD distances) for uint8-range pixels (rows `slots`), mirror-averaged."""
         features, probs = flip_averaged(self.model, pixels, slots, batch_size=batch_size,
-                                        verbose=verbose)
+                                        label=label)
         return probs, ood_distance(features, self.means)
 
     def scores_in_memory(self, pixels: np.ndarray, *, batch_size: int = 32

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +31,9 @@ from .data import (PixelBatches, class_weights, encode_labels, load_pixels, one_
 from .model import (accelerator, build_classifier, feature_model, head_model, save_classifier,
                     unfreeze_top, use_mixed_precision)
 from .plots import training_curves
+from .progress import progress_callbacks
 from .predict import calibrate, flip_averaged, write_calibration
+from .scratch import SCRATCH, SCRATCH_NAME, build_scratch_classifier
 
 if TYPE_CHECKING:   # training.steps imports this module when a run starts
     from .steps import TrainSettings
@@ -117,10 +118,6 @@ def _compile(model: keras.Model, rate, settings: TrainingSettings) -> None:
                   metrics=["accuracy"])
 
 
-def _verbosity(quiet: bool) -> int:
-    return 0 if quiet else (1 if sys.stdout.isatty() else 2)
-
-
 @dataclasses.dataclass
 class Run:
     """What both phases share: cached pixels, split slots and labels, settings, output folder."""
@@ -132,7 +129,11 @@ class Run:
     settings: TrainingSettings
     model_dir: Path
     seed: int
-    verbose: int
+    quiet: bool
+
+    def shown(self, what: str) -> list[keras.callbacks.Callback]:
+        """The progress callback labelled 'train: <what>' (none for a quiet run)."""
+        return progress_callbacks(None if self.quiet else f"train: {what}")
 
     def batches(self, split: str, *, labels: bool = False, shuffle: bool = False,
                 flip: bool = False) -> PixelBatches:
@@ -142,8 +143,9 @@ class Run:
 
     def embeddings(self, extractor: keras.Model, split: str, flip: bool = False) -> np.ndarray:
         """Embeddings of every image of a split, in split order."""
-        return np.asarray(extractor.predict(self.batches(split, flip=flip), verbose=self.verbose)[0],
-                          np.float32)
+        what = f"embedding {split} images" + (" (mirrored)" if flip else "")
+        return np.asarray(extractor.predict(self.batches(split, flip=flip), verbose=0,
+                                            callbacks=self.shown(what))[0], np.float32)
 
     def class_weight(self) -> dict[int, float]:
         return class_weights(self.y["train"], len(self.classes))
@@ -166,7 +168,7 @@ def head_phase(run: Run, model: keras.Model) -> tuple[pd.DataFrame, BestEpoch, f
                        batch_size=run.settings.batch_size, epochs=run.settings.epochs,
                        class_weight=run.class_weight(), shuffle=True,
                        validation_data=(val_x, one_hot(run.y["val"], n)),
-                       callbacks=callbacks, verbose=run.verbose)
+                       callbacks=callbacks + run.shown("head phase"), verbose=0)
     return _history("head", history, callbacks[1], len(train_x)), keeper, embed_rate
 
 
@@ -184,17 +186,45 @@ def fine_tune_phase(run: Run, model: keras.Model, best) -> tuple[pd.DataFrame | 
     history = model.fit(run.batches("train", labels=True, shuffle=True),
                         validation_data=run.batches("val", labels=True),
                         epochs=run.settings.fine_tune_epochs, class_weight=run.class_weight(),
-                        callbacks=callbacks, verbose=run.verbose)
+                        callbacks=callbacks + run.shown("fine-tuning phase"), verbose=0)
     return _history("fine_tune", history, callbacks[1], len(run.slots["train"])), keeper, unfrozen
+
+
+def scratch_phase(run: Run, model: keras.Model) -> tuple[pd.DataFrame, BestEpoch]:
+    """Train every layer of the small from-scratch CNN with augmentation; saves each epoch that
+    beats the best val score so far."""
+    _compile(model, run.settings.learning_rate, run.settings)
+    keeper = BestEpoch(run.settings.patience, save_to=run.model_dir / "model.keras")
+    callbacks = _callbacks(run.model_dir, "scratch", keeper)
+    history = model.fit(run.batches("train", labels=True, shuffle=True),
+                        validation_data=run.batches("val", labels=True),
+                        epochs=run.settings.epochs, class_weight=run.class_weight(),
+                        callbacks=callbacks + run.shown("small CNN from scratch"), verbose=0)
+    return _history("scratch", history, callbacks[1], len(run.slots["train"])), keeper
+
+
+def transfer_phases(run: Run, model: keras.Model) -> tuple[pd.DataFrame, dict, float, int]:
+    """The head phase, then fine-tuning: (history, best epoch, embedding rate, layers unfrozen)."""
+    head_history, keeper, embed_rate = head_phase(run, model)
+    save_classifier(model, run.model_dir / "model.keras")
+    best = {"phase": "head", "epoch": keeper.best_epoch + 1, "score": keeper.best}
+    tune_history, tuner, unfrozen = fine_tune_phase(run, model, keeper.best)
+    if tuner is not None and tuner.best_epoch is not None:
+        best = {"phase": "fine_tune", "epoch": tuner.best_epoch + 1, "score": tuner.best}
+    history = pd.concat([h for h in (head_history, tune_history) if h is not None],
+                        ignore_index=True)
+    return history, best, embed_rate, unfrozen
 
 
 def write_model_files(run: Run, model: keras.Model, history: pd.DataFrame, info: dict) -> dict:
     """OOD calibration, labels.json, history.csv and curves.png beside model.keras."""
     extractor = feature_model(model)
     train_features, _ = flip_averaged(extractor, run.pixels, run.slots["train"],
-                                      batch_size=run.settings.batch_size)
-    val_features, val_probs = flip_averaged(extractor, run.pixels, run.slots["val"],
-                                            batch_size=run.settings.batch_size)
+                                      batch_size=run.settings.batch_size,
+                                      label=None if run.quiet else "train: calibrating on train")
+    val_features, val_probs = flip_averaged(
+        extractor, run.pixels, run.slots["val"], batch_size=run.settings.batch_size,
+        label=None if run.quiet else "train: calibrating on val")
     means, calibration = calibrate(train_features, run.y["train"], val_features, val_probs,
                                    len(run.classes))
     calibration["wrong_model"] = calibrate_wrong_model(val_probs, run.y["val"])
@@ -210,7 +240,10 @@ def run(work: Workdir, settings: TrainSettings) -> dict:
     recipe, size, seed, config, workdir = (settings.recipe(), settings.image_size, settings.seed,
                                            work.config, work.path)
     backbone, weights = settings.backbone, str(settings.weights)
-    resolve_weights(backbone, weights)
+    if weights == SCRATCH:
+        backbone = SCRATCH_NAME
+    else:
+        resolve_weights(backbone, weights)
     rows, classes, unknown = select_rows(work.read())
     pixels, rows, failures = load_pixels(rows, config.root, size, pixel_cache_dir(workdir),
                                          workers=settings.workers, quiet=work.quiet)
@@ -221,17 +254,18 @@ def run(work: Workdir, settings: TrainSettings) -> dict:
     masks = {split: (rows["split"] == split).to_numpy() for split in ("train", "val")}
     run = Run(pixels, {s: rows["slot"].to_numpy()[m] for s, m in masks.items()},
               {s: y[m] for s, m in masks.items()}, classes, recipe, workdir / MODEL_DIR,
-              seed, _verbosity(work.quiet))
-    model = build_classifier(len(classes), backbone=backbone, weights=weights, image_size=size,
-                             dropout=recipe.dropout, augment=recipe.augment, seed=seed)
-    head_history, keeper, embed_rate = head_phase(run, model)
-    save_classifier(model, run.model_dir / "model.keras")
-    best = {"phase": "head", "epoch": keeper.best_epoch + 1, "score": keeper.best}
-    tune_history, tuner, unfrozen = fine_tune_phase(run, model, keeper.best)
-    if tuner is not None and tuner.best_epoch is not None:
-        best = {"phase": "fine_tune", "epoch": tuner.best_epoch + 1, "score": tuner.best}
-    history = pd.concat([h for h in (head_history, tune_history) if h is not None],
-                        ignore_index=True)
+              seed, work.quiet)
+    if weights == SCRATCH:
+        model = build_scratch_classifier(len(classes), image_size=size, seed=seed,
+                                         dropout=recipe.dropout, augment=recipe.augment)
+        history, keeper = scratch_phase(run, model)
+        best = {"phase": "scratch", "epoch": keeper.best_epoch + 1, "score": keeper.best}
+        embed_rate, unfrozen = None, len(model.layers)
+    else:
+        model = build_classifier(len(classes), backbone=backbone, weights=weights,
+                                 image_size=size, dropout=recipe.dropout, augment=recipe.augment,
+                                 seed=seed)
+        history, best, embed_rate, unfrozen = transfer_phases(run, model)
     info = {"classes": classes, "backbone": backbone, "weights": weights, "image_size": size,
             "dataset": config.name, "seed": seed}
     calibration = write_model_files(run, model, history, info)
@@ -242,8 +276,10 @@ def run(work: Workdir, settings: TrainSettings) -> dict:
         "val_rows_with_unseen_class": unknown, "left_out": [f"{p}: {r}" for p, r in failures],
         "best_phase": best["phase"], "best_epoch": best["epoch"],
         "val_accuracy": round(best["score"][0], 4), "val_loss": round(-best["score"][1], 4),
-        "head_epochs": len(head_history), "fine_tune_epochs": len(fine),
-        "unfrozen_layers": unfrozen, "embed_images_per_second": round(embed_rate, 1),
+        "head_epochs": int((history["phase"] == "head").sum()),
+        "scratch_epochs": int((history["phase"] == "scratch").sum()),
+        "fine_tune_epochs": len(fine), "unfrozen_layers": unfrozen,
+        "embed_images_per_second": round(embed_rate, 1) if embed_rate else None,
         "fine_tune_images_per_second": round(len(run.slots["train"]) * len(fine)
                                              / fine["train_seconds"].sum(), 1) if len(fine) else None,
         "ood_distance_threshold": round(calibration["distance_threshold"], 4),
@@ -257,15 +293,16 @@ def run(work: Workdir, settings: TrainSettings) -> dict:
 
 def describe(summary: dict) -> str:
     """A short human summary of a training run."""
-    speed = (f"; fine-tuning {summary['fine_tune_images_per_second']} img/s"
-             if summary["fine_tune_images_per_second"] else "")
+    speeds = [f"{name} {summary[key]} img/s" for name, key in
+              (("embedding", "embed_images_per_second"),
+               ("fine-tuning", "fine_tune_images_per_second")) if summary.get(key)]
     lines = [
         f"Trained {summary['backbone']} at {summary['image_size']} px on {summary['train_images']} "
         f"images, {summary['classes']} classes ({summary['backend']} on {summary['device']}, "
         f"{summary['precision']}) in {summary['seconds']} s.",
         f"Best: {summary['best_phase']} epoch {summary['best_epoch']}, val accuracy "
         f"{summary['val_accuracy']} ({summary['val_images']} images), val loss {summary['val_loss']}.",
-        f"Speed: embedding {summary['embed_images_per_second']} img/s{speed}.",
+        *([f"Speed: {'; '.join(speeds)}."] if speeds else []),
         f"Model: {summary['model_dir']}/model.keras (+ labels.json, ood.json, history.csv, curves.png)",
     ]
     if summary["left_out"]:

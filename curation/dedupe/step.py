@@ -26,15 +26,23 @@ from curation.steps import Step, Workdir, run_step
 
 OUTPUT_TYPES = {"dup_group": "Int64", "dup_keeper": "boolean", "dup_of": "string",
                 "dup_distance": "Int64", "dup_reason": "string", "dup_keeper_reason": "string"}
+SHEET_COLUMNS = 8   # pictures drawn per group in dupes.png
 _SCAN_NEEDS = ["path", "readable", "width", "height", "bytes", "mtime", "sha256"]
 
 
 def label_conflicts(members: pd.DataFrame) -> dict:
-    """Groups whose members carry different labels (a copy filed under two classes)."""
-    labels = members.dropna(subset=["label"]).groupby("dup_group")["label"].nunique()
-    conflicted = labels[labels > 1]
+    """Groups whose members carry different labels: a copy filed under two classes, or a chain
+    of near matches that joined different pictures (then some member is linked to the keeper
+    only through other copies)."""
+    labelled = members.dropna(subset=["label"])
+    labels = labelled.groupby("dup_group")["label"].nunique()
+    conflicted = labels[labels > 1].index
+    reasons = members.get("dup_reason", pd.Series(pd.NA, index=members.index)).astype("string")
+    chained = members.loc[reasons.str.contains(LINKED, regex=False).fillna(False).to_numpy(),
+                          "dup_group"]
     return {"groups": int(len(conflicted)),
-            "example_groups": [int(g) for g in conflicted.index[:10]]}
+            "chained": int(len(set(conflicted) & set(chained))),
+            "example_groups": [int(g) for g in conflicted[:10]]}
 
 
 def dupes_table(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -49,15 +57,26 @@ def dupes_table(manifest: pd.DataFrame) -> pd.DataFrame:
                                  "dup_distance": "distance", "dup_reason": "reason"})
 
 
+SHEET_LEGEND = (
+    "Each row is one duplicate group; the first picture is the one kept (KEEP WxH). Other "
+    "captions say how a copy matches it:",
+    "same bytes / same pixels = an exact copy; near, cropped, mirrored d=N = N bits of "
+    "perceptual hash apart in that alignment;",
+    "* = matches the keeper only through other copies (a chain): it may show a different "
+    "picture. MIXED LABELS = members are filed under different classes.",
+)
+
+
 def sheet_rows(table: pd.DataFrame, root: Path, groups: int) -> list:
-    """Contact-sheet rows for the largest groups: keeper first, captions with reason and split."""
+    """Contact-sheet rows for the first `groups` groups (1 = largest): keeper first, captions
+    with reason and split; a title says MIXED LABELS when members are in different classes."""
     rows = []
     for group, members in islice(table.groupby("group", sort=True), groups):
         splits = sorted(set(members.get("given_split", pd.Series(dtype=object)).dropna()))
         labels = sorted(set(members.get("label", pd.Series(dtype=object)).dropna()))
         title = f"group {group}: {len(members)} images"
         title += f" | splits {', '.join(splits)}" if len(splits) > 1 else ""
-        title += f" | labels {', '.join(labels)}" if len(labels) > 1 else ""
+        title += f" | MIXED LABELS: {', '.join(labels)}" if len(labels) > 1 else ""
         items = []
         for row in members.itertuples(index=False):
             first = f"KEEP {row.width}x{row.height}" if row.keeper else _caption(row.reason,
@@ -67,6 +86,19 @@ def sheet_rows(table: pd.DataFrame, root: Path, groups: int) -> list:
             items.append((root / row.path, f"{first}\n{where}"))
         rows.append((title, items))
     return rows
+
+
+def sheet_footer(table: pd.DataFrame, shown: int, columns: int) -> list[str]:
+    """What the sheet leaves out: groups beyond the first `shown`, members beyond `columns`."""
+    sizes = table.groupby("group").size()
+    lines = []
+    if len(sizes) > shown:
+        lines.append(f"{len(sizes) - shown} more groups not shown "
+                     f"({int(sizes.iloc[shown:].sum())} images): see dupes.csv")
+    cut = int((sizes.iloc[:shown] - columns).clip(lower=0).sum())
+    if cut:
+        lines.append(f"{cut} more members of the groups shown are not drawn: see dupes.csv")
+    return lines
 
 
 def _caption(reason: str, distance) -> str:
@@ -160,7 +192,9 @@ def run(work: Workdir, settings: Settings) -> dict:
     manifest = work.merge(manifest, new.astype(OUTPUT_TYPES))
     table = dupes_table(manifest)
     csv_path = work.write_csv("dupes.csv", table)
-    sheet = contact_sheet(sheet_rows(table, root, settings.sheet_groups), work.out("dupes.png"))
+    sheet = contact_sheet(sheet_rows(table, root, settings.sheet_groups), work.out("dupes.png"),
+                          max_columns=SHEET_COLUMNS, legend=SHEET_LEGEND,
+                          footer=sheet_footer(table, settings.sheet_groups, SHEET_COLUMNS))
     summary = summarize(manifest, table, fresh, cached=counts["reused"],
                         changed=counts["changed"], thresholds=thresholds, mirror=settings.mirror)
     summary.update(csv=str(csv_path), sheet=str(sheet) if sheet else None,
@@ -218,7 +252,10 @@ def describe(summary: dict) -> str:
                      + " (groups listed in dupes.csv)")
     conflicts = summary.get("label_conflicts")
     if conflicts and conflicts["groups"]:
-        lines.append(f"{conflicts['groups']} groups mix labels (same photo under two classes)")
+        chained = (f", {conflicts['chained']} of them joined through chains of near matches "
+                   f"(may be different pictures)" if conflicts.get("chained") else "")
+        lines.append(f"{conflicts['groups']} groups mix labels (members filed under different "
+                     f"classes{chained}; see MIXED LABELS in dupes.png)")
     for reason, paths in summary["hash_failed"].items():
         lines.append(f"  not hashed, {reason}: {len(paths)} — {', '.join(paths[:5])}")
     if summary["changed_since_scan"]:

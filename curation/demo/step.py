@@ -2,29 +2,37 @@
 
 With $CURATE_DATA holding swift-wagonr it runs on those real photos; otherwise on a generated
 SYNTHETIC set with planted duplicates, mislabels, off-topic pictures and broken files. Everything
-is written under one demo folder (default: the system temp folder), never beside the user's files.
+is written under one demo folder the user names (default: ./.curate/demo), never beside the
+user's files.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
-import tempfile
 from pathlib import Path
 
-from curation.embed.backbones import resolve_weights
-from curation.config import DatasetConfig, TrainingSettings, data_dir, resolve_dataset
+from curation.config import (ConfigError, DatasetConfig, TrainingSettings, data_dir,
+                             resolve_dataset, weights_dir)
 from curation.demo.synthetic import NOTICE, generate
+from curation.embed.backbones import SPECS
+from training.scratch import SCRATCH
 
 REAL_DEMO = "swift-wagonr"
 DEMO_BACKBONE = "mobilenet_v2"
 DEMO_IMAGE_SIZE = {"synthetic": 96, "real": 160}   # drawn shapes need few pixels, photos more
 DEMO_TRAINING = TrainingSettings(epochs=10, fine_tune_epochs=2, batch_size=32, patience=3,
                                  fine_tune_layers=20)
+SCRATCH_IMAGE_SIZE = 64
+SCRATCH_TRAINING = TrainingSettings(epochs=30, fine_tune_epochs=0, batch_size=32, patience=10,
+                                    learning_rate=3e-3, label_smoothing=0.0)
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def default_folder() -> Path:
-    """Where the demo writes by default: a fixed folder in the system temp dir (reused on re-runs)."""
-    return Path(tempfile.gettempdir()) / "curate-demo"
+    """Where the demo writes by default: .curate/demo under the current directory, beside the
+    other steps' default workdirs (reused on re-runs)."""
+    return Path.cwd() / ".curate" / "demo"
 
 
 def online(host: str = "storage.googleapis.com", port: int = 443, timeout: float = 3.0) -> bool:
@@ -36,17 +44,46 @@ def online(host: str = "storage.googleapis.com", port: int = 443, timeout: float
         return False
 
 
-def choose_weights(backbone: str = DEMO_BACKBONE, *, is_online=online) -> tuple[str, str]:
-    """('imagenet' or 'none', a sentence saying where the weights come from)."""
-    local = resolve_weights(backbone, "imagenet")
-    if local and local != "imagenet":
-        return "imagenet", f"ImageNet weights from $CURATE_WEIGHTS ({local})"
-    if is_online():
+def weight_folders() -> list[Path]:
+    """Where a user may already have ImageNet weights, in the order searched: $CURATE_WEIGHTS,
+    Keras's download cache ($KERAS_HOME/models, default ~/.keras/models), and a shared/weights
+    folder beside this checkout (the layout of the project's own machines)."""
+    keras_home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+    folders = [weights_dir(), keras_home / "models", CHECKOUT.parent / "shared" / "weights"]
+    return [folder for folder in folders if folder is not None]
+
+
+def find_weights_file(backbone: str = DEMO_BACKBONE, folders: list[Path] | None = None
+                      ) -> Path | None:
+    """The first no-top weights file for backbone found in folders (default: weight_folders())."""
+    for folder in weight_folders() if folders is None else folders:
+        for name in SPECS[backbone].weights_files:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def choose_weights(backbone: str = DEMO_BACKBONE, *, synthetic: bool, is_online=None,
+                   folders: list[Path] | None = None) -> tuple[str, str]:
+    """(weights, a sentence saying where they come from): a file the user has, else a Keras
+    download, else (synthetic data only) a small CNN trained from scratch. Real photos without
+    weights raise ConfigError saying exactly what to set."""
+    found = find_weights_file(backbone, folders)
+    if found is not None:
+        return str(found), f"ImageNet weights from {found}"
+    if (is_online or online)():
         return "imagenet", "ImageNet weights downloaded by Keras"
-    return "none", ("NOTE: offline and no $CURATE_WEIGHTS, so the backbone starts from random "
-                    "weights: duplicates are still found, but noise flags and accuracy are far "
-                    "below what ImageNet weights give. Set CURATE_WEIGHTS to a folder with "
-                    "mobilenet_v2_1.0_224_no_top.weights.h5 to fix.")
+    looked = ", ".join(str(f) for f in (weight_folders() if folders is None else folders))
+    wanted = SPECS[backbone].weights_files[0]
+    if synthetic:
+        return SCRATCH, (f"NOTE: no ImageNet weights found ({looked}) and offline, so the "
+                         f"classifier is a small CNN trained from scratch, and embed and "
+                         f"flag-noise are skipped (their embeddings need ImageNet weights). For "
+                         f"the full demo set CURATE_WEIGHTS to a folder holding {wanted}.")
+    raise ConfigError(f"the real-photo demo needs ImageNet weights: none found ({looked}) and "
+                      f"Keras cannot download them offline. Set CURATE_WEIGHTS to a folder holding "
+                      f"{wanted}, or run `curate demo --synthetic` (a small CNN trained from "
+                      f"scratch on generated data)")
 
 
 def demo_dataset(folder: Path, *, synthetic: bool = False, seed: int = 0,
@@ -68,10 +105,22 @@ def demo_dataset(folder: Path, *, synthetic: bool = False, seed: int = 0,
 
 
 def demo_config(config: DatasetConfig, weights: str) -> DatasetConfig:
-    """The dataset with the demo's small settings: small images, MobileNetV2, a few epochs."""
+    """The dataset with the demo's small settings: small images, MobileNetV2 (or the small CNN
+    from scratch), a few epochs."""
+    if weights == SCRATCH:
+        return dataclasses.replace(config, image_size=SCRATCH_IMAGE_SIZE, weights=weights,
+                                   training=SCRATCH_TRAINING)
     size = DEMO_IMAGE_SIZE["synthetic" if is_synthetic(config) else "real"]
     return dataclasses.replace(config, image_size=size, backbone=DEMO_BACKBONE, weights=weights,
                                training=DEMO_TRAINING)
+
+
+def skipped_steps(weights: str) -> dict[str, str]:
+    """Steps the demo leaves out, with why: embed and flag-noise without ImageNet weights."""
+    if weights == SCRATCH:
+        why = "no ImageNet weights: random embeddings would flag noise at random"
+        return {"embed": why, "flag-noise": why}
+    return {}
 
 
 def is_synthetic(config: DatasetConfig) -> bool:

@@ -4,7 +4,8 @@ Five drawn vehicle classes in `train/` and `test/` folders, plus what real scrap
 exact duplicates (byte copies and a PNG re-encode), near-duplicates (resized, re-compressed,
 cropped, mirrored, brightened copies, some across train/test), mislabels (a vehicle in another
 class's folder), off-topic pictures (landscapes, faces, logos, interiors) and broken files.
-`ground_truth.json` beside the images lists every planted item so a run can be scored.
+`ground_truth.json` beside the images lists every planted item so a run can be scored
+(curation/report/truth.py). Test and demo fixtures: imports plumbing only, and no step imports it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import pandas as pd
 from PIL import Image, ImageEnhance, ImageOps
 
 from curation.demo.drawing import SCENES, VEHICLE_CLASSES, scene, vehicle
-from curation.leaks import leak_report
 from curation.manifest import atomic_write, atomic_write_json, atomic_write_text
 
 NOTICE = ("SYNTHETIC data: drawn vehicle silhouettes made by `curation.demo.synthetic`, not photos. "
@@ -231,54 +231,3 @@ def generate(out: Path, *, seed: int = 0, spec: SyntheticSpec = SyntheticSpec())
 
 def _spec_dict(spec: SyntheticSpec) -> dict:
     return json.loads(json.dumps(spec.__dict__))
-
-
-def score(manifest: pd.DataFrame, truth: dict) -> dict:
-    """How much of what was planted a pipeline run found, from the manifest's columns.
-
-    Each part appears when the columns it needs exist: duplicates (`dup_group`), noise
-    (`noise_flag`, `noise_reason`, `suggested_label`), leaks (`split`), unreadable (`readable`).
-    """
-    frame = manifest.set_index("path")
-    result: dict = {"synthetic": True}
-    result["unreadable_found"] = _share(frame, [d["path"] for d in truth["unreadable"]],
-                                        lambda rows: ~rows["readable"].astype(bool))
-    if "dup_group" in frame.columns:
-        group = frame["dup_group"]
-        for kind in ("exact_duplicates", "near_duplicates"):
-            pairs = [(d["path"], d["of"]) for d in truth[kind] if {d["path"], d["of"]} <= set(frame.index)]
-            found = sum(pd.notna(group[a]) and group[a] == group[b] for a, b in pairs)
-            result[f"{kind}_found"] = _ratio(found, len(pairs))
-        source = {d["path"]: d["of"] for kind in ("exact_duplicates", "near_duplicates")
-                  for d in truth[kind]}
-        members = frame[group.notna()].assign(source=lambda f: [source.get(p, p) for p in f.index])
-        result["false_duplicate_groups"] = int((members.groupby("dup_group")["source"].nunique() > 1).sum())
-    if "noise_flag" in frame.columns:
-        flagged = frame["noise_flag"].fillna(False).astype(bool)
-        planted = {"mislabels": "mislabel", "off_topic": "non_car"}
-        noise_paths = set()
-        for kind, reason in planted.items():
-            paths = [d["path"] for d in truth[kind] if d["path"] in frame.index]
-            noise_paths.update(paths)
-            result[f"{kind}_flagged"] = _ratio(int(flagged[paths].sum()), len(paths))
-            result[f"{kind}_reason_right"] = _ratio(int((frame.loc[paths, "noise_reason"] == reason).sum()),
-                                                    len(paths))
-        result["noise_flags"] = int(flagged.sum())
-        result["noise_precision"] = _ratio(len(noise_paths & set(frame.index[flagged])), int(flagged.sum()))
-        if "suggested_label" in frame.columns:
-            rows = [d for d in truth["mislabels"] if d["path"] in frame.index]
-            right = sum(str(frame.at[d["path"], "suggested_label"]) == d["true_label"] for d in rows)
-            result["mislabels_suggestion_right"] = _ratio(right, len(rows))
-    if "split" in frame.columns and "dup_group" in frame.columns:
-        result["leaking_groups_after_split"] = leak_report(manifest, "split")["leaking_groups"]
-    return result
-
-
-def _share(frame: pd.DataFrame, paths: list[str], test) -> dict:
-    present = [p for p in paths if p in frame.index]
-    return _ratio(int(test(frame.loc[present]).sum()) if present else 0, len(present))
-
-
-def _ratio(found: int, planted: int) -> dict:
-    found, planted = int(found), int(planted)
-    return {"found": found, "planted": planted, "rate": round(found / planted, 3) if planted else None}

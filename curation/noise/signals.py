@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from curation.vocabulary import unit_rows
+from curation.vocabulary import centre_distance, unit_rows
 
 REASONS = ("non_car", "mislabel", "outlier")
 SIGNAL_COLUMNS = ["noise_ood", "noise_outlier", "noise_mislabel", "noise_given_prob"]
@@ -71,24 +71,29 @@ def robust_centre(vectors: np.ndarray, *, trim: float = 0.8, rounds: int = 5) ->
 
 
 def knn_distance(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Mean cosine distance of each unit vector to its k nearest other vectors (faiss, exact)."""
-    import faiss
+    """Mean cosine distance of each unit vector to its k nearest other vectors (exact search;
+    scikit-learn leaves each vector out of its own neighbours, ties with copies included)."""
+    from sklearn.neighbors import NearestNeighbors
 
     k = min(k, len(vectors) - 1)
     if k < 1:
         return np.zeros(len(vectors), dtype=np.float32)
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors))
-    similarity, neighbour = index.search(np.ascontiguousarray(vectors), k + 1)
-    not_self = neighbour != np.arange(len(vectors))[:, None]
-    not_self[not_self.all(axis=1), -1] = False   # self not returned (ties): drop the farthest
-    return 1.0 - similarity[not_self].reshape(len(vectors), k).mean(axis=1)
+    search = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(vectors)
+    distance, _ = search.kneighbors()
+    return distance.mean(axis=1)
 
 
 def ood_scores(vectors: np.ndarray, *, neighbors: int = 10, trim: float = 0.8) -> np.ndarray:
-    """Non-car score: mean robust z of distance to the trimmed centre and of kNN distance."""
+    """Non-car score: mean robust z of distance to the trimmed centre and of kNN distance.
+
+    The same distance rule as predict's guard (vocabulary.centre_distance), judged differently:
+    here the photos to judge are the population itself, their labels untrusted and no model
+    trained, so the centre is robust to the outliers and the cut is a robust z; predict measures
+    a new photo against clean training-class means with a cut taken from the val split.
+    """
     centre = robust_centre(vectors, trim=trim)
-    return (robust_z(1.0 - vectors @ centre) + robust_z(knn_distance(vectors, neighbors))) / 2
+    spread = robust_z(centre_distance(vectors, centre))
+    return (spread + robust_z(knn_distance(vectors, neighbors))) / 2
 
 
 def outlier_scores(vectors: np.ndarray, labels: np.ndarray, *, min_size: int = 5,
@@ -99,7 +104,7 @@ def outlier_scores(vectors: np.ndarray, labels: np.ndarray, *, min_size: int = 5
         members = np.flatnonzero(labels == label)
         if len(members) >= min_size:
             centre = robust_centre(vectors[members], trim=trim)
-            scores[members] = robust_z(1.0 - vectors[members] @ centre)
+            scores[members] = robust_z(centre_distance(vectors[members], centre))
     return scores
 
 
@@ -160,8 +165,12 @@ def cross_val_logits(features: np.ndarray, labels: np.ndarray, groups: np.ndarra
     return logits / repeats
 
 
-def calibrate(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
-    """Softmax probabilities after one temperature fitted by NLL on the given labels."""
+def temperature_scale(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, float]:
+    """Softmax probabilities after one temperature fitted by NLL on the given labels.
+
+    Calibrates probabilities (cleanlab needs them), unlike training.predict.calibrate, which
+    sets the guard's two thresholds from val quantiles of a trained model's outputs.
+    """
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
 
@@ -235,7 +244,7 @@ def noise_signals(embeddings: np.ndarray, labels: np.ndarray, *, groups: np.ndar
     logits = cross_val_logits(probe_features(embeddings)[judged], dense, groups[judged],
                               folds=folds, seed=params.seed, n_classes=len(judged_classes),
                               repeats=params.repeats)
-    probs, temperature = calibrate(logits, dense)
+    probs, temperature = temperature_scale(logits, dense)
     scores, issues = mislabel_scores(dense, probs)
     where = np.flatnonzero(judged)
     table.loc[where, "noise_mislabel"] = scores

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from curation.report import html_page as h
-from curation.config import DatasetConfig
+from curation.report.context import Context, Section
 
 LIFT_FILE = "lift.json"
 TRAIN_FIGURES = ("val_accuracy", "val_loss", "best_epoch", "classes", "train_images", "val_images",
@@ -63,17 +63,15 @@ def per_class_table(per_class: dict) -> str:
     return h.table(["class", *metrics], rows)
 
 
-def training_section(config: DatasetConfig, workdir: Path, runs: dict) -> str:
-    record = runs.get("train")
-    if record is None:
-        return h.missing(f"No model yet: run `curate train {config.name}`.")
+def training_section(ctx: Context) -> str:
+    record = ctx.runs["train"]
     summary = record.get("summary", {})
     body = h.stats(scalars(summary, TRAIN_FIGURES) or scalars(summary))
     if summary.get("best_phase"):
         body += h.paragraph(f"Best epoch from the {summary['best_phase']} phase; backbone "
                             f"{summary.get('backbone')} at {summary.get('image_size')} px on "
                             f"{summary.get('device', '?')} ({summary.get('backend', '?')}).")
-    curves = find_file(workdir, "*curve*.png", "*history*.png", "training*.png")
+    curves = find_file(ctx.workdir, "*curve*.png", "*history*.png", "training*.png")
     body += h.plot(curves, "training curves") if curves else h.missing("No training-curves PNG found.")
     settings = flatten(record.get("settings", {}))
     if settings:
@@ -81,28 +79,30 @@ def training_section(config: DatasetConfig, workdir: Path, runs: dict) -> str:
     return body
 
 
-def evaluation_section(config: DatasetConfig, workdir: Path, runs: dict) -> str:
-    metrics = read_json(workdir / "metrics.json") or runs.get("evaluate", {}).get("summary")
-    if not metrics:
-        return h.missing(f"No test metrics yet: run `curate evaluate {config.name}`.")
+def evaluation_section(ctx: Context) -> str:
+    """Test metrics: metrics.json in the workdir, else the summary evaluate recorded (an
+    evaluation run with --model-dir writes its files beside that model)."""
+    metrics = read_json(ctx.workdir / "metrics.json") or ctx.runs["evaluate"].get("summary", {})
     body = h.stats(scalars(metrics, TEST_FIGURES) or scalars(metrics))
     if isinstance(metrics.get("guard_on_test"), dict):
         body += h.paragraph("The not-a-car / unsure guard on test cars: " + ", ".join(
             f"{k.replace('_', ' ')} {v}" for k, v in flatten(metrics["guard_on_test"])) + ".")
-    confusion = find_file(workdir, "*confusion*.png")
+    confusion = find_file(ctx.workdir, "*confusion*.png")
     body += ("<h3>Confusion matrix (test)</h3>" + h.plot(confusion, "confusion matrix") if confusion
              else h.missing("No confusion-matrix PNG found."))
     per_class = next((metrics[k] for k in ("per_class", "classes", "report") if
                       isinstance(metrics.get(k), dict)), None)
     if per_class:
         body += "<h3>Per class (test)</h3>" + per_class_table(per_class)
-    wrong = find_file(workdir, "*misclass*.png", "*errors*.png")
+    wrong = find_file(ctx.workdir, "*misclass*.png", "*errors*.png")
     if wrong:
         body += "<h3>Misclassified test images</h3>" + h.plot(wrong, "misclassified examples")
     return body
 
 
-def lift_section(config: DatasetConfig, workdir: Path) -> str:
+def lift_section(ctx: Context) -> str:
+    """Not made by a step: bench/lift_bench.py writes lift.json when someone measures it."""
+    config, workdir = ctx.config, ctx.workdir
     lift = read_json(find_file(workdir, LIFT_FILE, "lift*.json"))
     if not lift:
         return h.missing(f"Cleaning lift not measured for this dataset: `python bench/lift_bench.py "
@@ -123,8 +123,9 @@ def lift_section(config: DatasetConfig, workdir: Path) -> str:
     return body + h.table(["setting", "value"], flatten(rest))
 
 
-def model_sections(config: DatasetConfig, workdir: Path, runs: dict) -> list[tuple[str, str, str]]:
-    workdir = Path(workdir)
-    return [("training", "Training", training_section(config, workdir, runs)),
-            ("evaluation", "Test metrics", evaluation_section(config, workdir, runs)),
-            ("lift", "Cleaning lift", lift_section(config, workdir))]
+def model_sections() -> list[Section]:
+    return [Section("training", "Training", training_section, "train",
+                    "No model yet: run `curate train {name}`."),
+            Section("evaluation", "Test metrics", evaluation_section, "evaluate",
+                    "No test metrics yet: run `curate evaluate {name}`."),
+            Section("lift", "Cleaning lift", lift_section)]

@@ -8,48 +8,27 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from curation.report import html_page as h
 from curation.config import DatasetConfig
 from curation.leaks import leak_report
-from curation.vocabulary import HELD_OUT, manifest_groups, split_sort_key
-from curation.manifest import atomic_write_text, read_manifest
+from curation.manifest import atomic_write_text
 from curation.registry import RECORD_ORDER
+from curation.report import html_page as h
+from curation.report.context import Context, Section
 from curation.report.model_sections import model_sections
+from curation.report.truth import synthetic_truth, truth_section
 from curation.scan.step import error_reason
-from curation.sheets import thumbnail_data_uri
+from curation.settings import setting
+from curation.steps import Step, Workdir, run_step
+from curation.vocabulary import HELD_OUT, manifest_groups, split_sort_key
 
 REPORT_NAME = "report.html"
-THUMB = 112
 MAX_GROUPS = 12
 MAX_PER_REASON = 24
-
-
-@dataclass
-class Context:
-    """What every section reads: the manifest, the dataset root, the workdir and the step records."""
-
-    config: DatasetConfig
-    workdir: Path
-    manifest: pd.DataFrame
-    runs: dict
-    thumbs: dict = field(default_factory=dict)
-
-    def has(self, *columns: str) -> bool:
-        return all(c in self.manifest.columns for c in columns)
-
-    def thumb(self, path: str) -> str:
-        """The image at manifest path `path` as a JPEG data: URI (cached per report)."""
-        if path not in self.thumbs:
-            self.thumbs[path] = thumbnail_data_uri(self.config.root / path, THUMB)
-        return self.thumbs[path]
-
-    def hint(self, command: str) -> str:
-        return f"curate {command} {self.config.name}"
 
 
 def short(path: str, parts: int = 2) -> str:
@@ -159,8 +138,6 @@ def duplicates_section(ctx: Context) -> str:
 
 
 def noise_section(ctx: Context) -> str:
-    if not ctx.has("noise_flag"):
-        return h.missing(f"Noise has not been flagged yet: run `{ctx.hint('flag-noise')}`.")
     m = ctx.manifest
     flagged = m[m["noise_flag"].fillna(False).astype(bool)]
     reasons = flagged["noise_reason"].fillna("(none)").value_counts()
@@ -186,16 +163,13 @@ def noise_section(ctx: Context) -> str:
 
 
 def review_section(ctx: Context) -> str:
-    if not ctx.has("review_decision") or ctx.manifest["review_decision"].isna().all():
-        return h.missing(f"No review decisions yet: `{ctx.hint('review')}`, then "
-                         f"`{ctx.hint('review')} --sync`.")
     decisions = ctx.manifest["review_decision"].value_counts()
+    if decisions.empty:
+        return h.paragraph("The last `curate review --sync` found no decision yet.")
     return h.table(["decision", "images"], [[k, int(v)] for k, v in decisions.items()])
 
 
 def split_section(ctx: Context) -> str:
-    if not ctx.has("split"):
-        return h.missing(f"No split yet: run `{ctx.hint('split')}`.")
     m = ctx.manifest
     label = "split_label" if ctx.has("split_label") else "label"
     headers, rows = crosstab(m.assign(**{"class": m[label]}), "class", "split")
@@ -212,41 +186,21 @@ def split_section(ctx: Context) -> str:
     return body
 
 
-def synthetic_truth(config: DatasetConfig) -> dict | None:
-    """The ground truth of a synthetic set made by `curate demo`, when the dataset is one."""
-    path = config.root.parent / "ground_truth.json"
-    if not path.is_file():
-        return None
-    truth = json.loads(path.read_text())
-    return truth if truth.get("synthetic") else None
-
-
-def truth_section(ctx: Context, truth: dict) -> str:
-    from curation.demo.synthetic import score
-
-    scores = score(ctx.manifest, truth)
-    rows = [[name.replace("_", " "), value["found"], value["planted"], value["rate"]]
-            for name, value in scores.items() if isinstance(value, dict)]
-    counts = [[name.replace("_", " "), value] for name, value in scores.items()
-              if isinstance(value, int) and not isinstance(value, bool)]
-    body = h.paragraph("What this run found of the problems `curate demo` planted "
-                       "(listed in ground_truth.json beside the images).")
-    body += h.table(["planted problem", "found", "planted", "rate"], rows)
-    return body + (h.table(["check", "count"], counts) if counts else "")
-
-
-def sections(ctx: Context) -> list[tuple[str, str, str]]:
-    """(anchor, title, body) of every section, in reading order."""
-    truth = synthetic_truth(ctx.config)
-    parts = [("runs", "Pipeline runs", runs_section(ctx)),
-             ("health", "Dataset health", health_section(ctx)),
-             ("duplicates", "Duplicates and leaks", duplicates_section(ctx)),
-             ("noise", "Flagged noise", noise_section(ctx)),
-             ("review", "Review", review_section(ctx)),
-             ("split", "Splits", split_section(ctx)),
-             *model_sections(ctx.config, ctx.workdir, ctx.runs)]
-    if truth:
-        parts.insert(1, ("truth", "Planted vs found (synthetic)", truth_section(ctx, truth)))
+def sections(ctx: Context) -> list[Section]:
+    """Every section in reading order, each with the step that fills it."""
+    parts = [Section("runs", "Pipeline runs", runs_section),
+             Section("health", "Dataset health", health_section, "scan"),
+             Section("duplicates", "Duplicates and leaks", duplicates_section, "dedupe"),
+             Section("noise", "Flagged noise", noise_section, "flag-noise",
+                     "Noise has not been flagged yet: run `curate flag-noise {name}`."),
+             Section("review", "Review", review_section, "review-sync",
+                     "No review decisions yet: `curate review {name}`, then "
+                     "`curate review {name} --sync`."),
+             Section("split", "Splits", split_section, "split",
+                     "No split yet: run `curate split {name}`."),
+             *model_sections()]
+    if synthetic_truth(ctx.config):
+        parts.insert(1, Section("truth", "Planted vs found (synthetic)", truth_section))
     return parts
 
 
@@ -262,24 +216,36 @@ def read_runs(workdir: Path) -> dict:
     return {r["step"]: r for r in records}
 
 
-def build_report(config: DatasetConfig, workdir: Path, *, out: Path | None = None) -> dict:
-    """Write the report (default <workdir>/report.html) and return a summary of what it holds."""
-    started = time.time()
-    workdir = Path(workdir)
-    manifest = read_manifest(workdir, required=["path", "label", "readable", "given_split", "sha256"])
-    runs = read_runs(workdir)
-    ctx = Context(config, workdir, manifest, runs)
+REPORT_NEEDS = ("path", "label", "readable", "given_split", "sha256")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `curate report` can be told."""
+
+    out: Path | None = setting(None, "Where to write the HTML (default: <workdir>/report.html).",
+                               path="file", result=False)
+
+
+def run(work: Workdir, settings: Settings) -> dict:
+    """Write the page and return a summary of what it holds and which steps it waits for."""
+    manifest = work.read()
+    ctx = Context(work.config, work.path, manifest, read_runs(work.path))
     parts = sections(ctx)
-    truth = synthetic_truth(config)
+    drawn = [(part.anchor, part.title, part.body(ctx)) for part in parts]
+    truth = synthetic_truth(work.config)
     banner = truth["notice"] if truth else None
-    subtitle = (f"{config.root} · {len(manifest)} files · generated "
+    subtitle = (f"{work.config.root} · {len(manifest)} files · generated "
                 f"{time.strftime('%Y-%m-%d %H:%M')} by curate")
-    out = Path(out) if out else workdir / REPORT_NAME
-    atomic_write_text(out, h.page(f"curate report: {config.name}", subtitle, parts, banner))
-    missing = [title for _, title, body in parts if 'class="missing"' in body]
-    return {"report": str(out.resolve()), "bytes": out.stat().st_size, "sections": [t for _, t, _ in parts],
-            "incomplete": missing, "thumbnails": len(ctx.thumbs), "synthetic": bool(truth),
-            "seconds": round(time.time() - started, 2)}
+    out = settings.out or work.out(REPORT_NAME)
+    atomic_write_text(out, h.page(f"curate report: {work.config.name}", subtitle, drawn, banner))
+    waiting = [part for part in parts if part.waits(ctx)]
+    return {"report": str(Path(out).resolve()), "bytes": Path(out).stat().st_size,
+            "sections": [part.title for part in parts],
+            "incomplete": [part.title for part in waiting],
+            "waiting_for": list(dict.fromkeys(part.step for part in waiting)),
+            "thumbnails": len(ctx.thumbs), "synthetic": bool(truth),
+            "seconds": round(time.time() - work.started, 2)}
 
 
 def describe(summary: dict) -> str:
@@ -290,3 +256,24 @@ def describe(summary: dict) -> str:
     if summary["incomplete"]:
         lines.append("Waiting for data: " + ", ".join(summary["incomplete"]) + ".")
     return "\n".join(lines)
+
+
+HELP = """Write one self-contained HTML page: health, duplicates and leaks, noise, splits, model.
+
+\b
+Example: curate report stanford-cars-25
+         curate report swift-wagonr --out ~/swift-report.html
+Thumbnails and plots are embedded, so the file can be sent on its own. Sections whose
+step has not run say which command fills them.
+"""
+
+# Not in the registry: the report reads the registry (each section's step, the order of runs).
+# It takes no lock: it only reads, and writes its page atomically.
+STEP = Step("report", Settings, run, describe, help=HELP, needs=REPORT_NEEDS,
+            outputs=(REPORT_NAME,), lock=False)
+
+
+def build_report(config: DatasetConfig, workdir: Path, *, out: Path | None = None,
+                 quiet: bool = True) -> dict:
+    """`curate report` as a function: write the page (default <workdir>/report.html)."""
+    return run_step(STEP, config, workdir, quiet=quiet, out=out)
