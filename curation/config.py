@@ -53,6 +53,7 @@ class DatasetConfig:
     weights: str = "imagenet"
     training: TrainingSettings = field(default_factory=TrainingSettings)
     description: str = ""
+    cluster: str | None = None      # where per-file work runs: None, "local" or tcp://HOST:PORT
 
     def default_workdir(self) -> Path:
         return Path(".curate") / self.name
@@ -61,6 +62,7 @@ class DatasetConfig:
 _ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
     "root": str, "layout": str, "classes": list, "ratios": list, "image_size": int,
     "backbone": str, "weights": str, "training": dict, "description": str,
+    "cluster": str,
 }
 _TRAINING_FIELDS = {f.name: f.type for f in fields(TrainingSettings)}
 
@@ -128,6 +130,7 @@ def _parse_entry(config_path: Path, name: str, entry: Any) -> DatasetConfig:
             weights=entry.get("weights", "imagenet"),
             training=_parse_training(entry.get("training", {})),
             description=entry.get("description", ""),
+            cluster=validate_cluster(entry.get("cluster")),
         )
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
@@ -172,6 +175,25 @@ def validate_backbone(backbone: str) -> str:
     if backbone not in BACKBONES:
         raise ConfigError(f"key 'backbone' must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     return backbone
+
+
+def parse_cluster(address: str | None) -> str | None:
+    """None or "none" (the in-process pool), "local" (a Dask LocalCluster on this machine) or
+    the scheduler address tcp://HOST:PORT of a running Dask cluster; ValueError otherwise."""
+    if address is None or str(address).strip().lower() in ("", "none"):
+        return None
+    address = str(address).strip()
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if address != "local" and not (address.startswith("tcp://") and host and port.isdigit()):
+        raise ValueError("must be none, local or tcp://HOST:PORT")
+    return address
+
+
+def validate_cluster(address: str | None) -> str | None:
+    try:
+        return parse_cluster(address)
+    except ValueError as exc:
+        raise ConfigError(f"key 'cluster' {exc}, got {address!r}") from None
 
 
 def _parse_classes(classes) -> tuple[str, ...] | None:

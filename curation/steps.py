@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from curation import cluster
 from curation import settings as settings_
 from curation.config import DatasetConfig
 from curation.manifest import (atomic_write, merge_columns, read_manifest, read_run, record_run,
@@ -142,7 +143,7 @@ def execute(step: Step, settings, config: DatasetConfig, workdir: Path, *,
     if step.check is not None:
         step.check(work, settings)
     holding = workdir_lock(work.path) if step.lock else contextlib.nullcontext()
-    with holding:
+    with holding, cluster.engine_for(settings):   # per-file work on Dask when asked
         summary = step.run(work, settings)
         work.record(settings, summary)
     return summary

@@ -81,3 +81,30 @@ def test_empty_and_invalid_inputs():
         pairs_within(empty, 65)
     with pytest.raises(ValueError, match="method"):
         pairs_within(empty, 3, method="kd-tree")
+
+
+def _search_peak(hashes: np.ndarray, radius: int, method: str, max_pairs: int):
+    import tracemalloc
+
+    tracemalloc.start()   # numpy reports its buffers to tracemalloc
+    try:
+        found = pairs_within(hashes, radius, method=method, max_pairs=max_pairs)
+        return found, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("method", ["brute", "mih"])
+def test_search_memory_is_bounded_by_max_pairs_not_by_n_squared(method):
+    """The same pairs whatever the block; a small block keeps the peak near the arrays of
+    length n (here 20,000 hashes: 2e8 pairs, 200,000 per block)."""
+    rng = np.random.default_rng(3)
+    hashes = np.full(20_000, np.uint64(0x0F0F0F0F0F0F0F0F))   # one crowd: many candidates
+    for bit in rng.integers(0, 64, (20_000, 8)).T:
+        hashes ^= np.uint64(1) << bit.astype(np.uint64)
+    small, small_peak = _search_peak(hashes, 3, method, 200_000)
+    large, large_peak = _search_peak(hashes, 3, method, 1 << 23)
+    for a, b in zip(small, large):
+        np.testing.assert_array_equal(a, b)
+    assert len(small[0]) > 100
+    assert small_peak < 200_000 * 64 + 20_000 * 200 < large_peak

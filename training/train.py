@@ -28,6 +28,7 @@ from curation.vocabulary import MODEL_DIR
 from .check import calibrate_wrong_model
 from .data import (PixelBatches, class_weights, encode_labels, load_pixels, one_hot,
                    pixel_cache_dir, split_rows)
+from .distribute import data_parallel
 from .model import (accelerator, build_classifier, feature_model, head_model, save_classifier,
                     unfreeze_top, use_mixed_precision)
 from .plots import training_curves
@@ -237,16 +238,27 @@ def write_model_files(run: Run, model: keras.Model, history: pd.DataFrame, info:
 
 def run(work: Workdir, settings: TrainSettings) -> dict:
     """Train <workdir>/model/model.keras on the train split, choosing epochs on val; returns the summary."""
+    if str(settings.weights) != SCRATCH:
+        resolve_weights(settings.backbone, str(settings.weights))
+    rows, classes, unknown = select_rows(work.read())
+    pixels, rows, failures = load_pixels(rows, work.config.root, settings.image_size,
+                                         pixel_cache_dir(work.path), workers=settings.workers,
+                                         quiet=work.quiet)
+    with data_parallel(settings.distribute) as replicas:
+        summary = _train(work, settings, rows, pixels, classes)
+    summary.update(left_out=[f"{p}: {r}" for p, r in failures], val_rows_with_unseen_class=unknown,
+                   replicas=replicas)
+    return summary
+
+
+def _train(work: Workdir, settings: TrainSettings, rows: pd.DataFrame, pixels: np.ndarray,
+           classes: list[str]) -> dict:
+    """Both phases and the model files (inside data_parallel when --distribute)."""
     recipe, size, seed, config, workdir = (settings.recipe(), settings.image_size, settings.seed,
                                            work.config, work.path)
     backbone, weights = settings.backbone, str(settings.weights)
     if weights == SCRATCH:
         backbone = SCRATCH_NAME
-    else:
-        resolve_weights(backbone, weights)
-    rows, classes, unknown = select_rows(work.read())
-    pixels, rows, failures = load_pixels(rows, config.root, size, pixel_cache_dir(workdir),
-                                         workers=settings.workers, quiet=work.quiet)
     keras.utils.set_random_seed(seed)
     device = accelerator()
     policy = use_mixed_precision(device)
@@ -273,7 +285,6 @@ def run(work: Workdir, settings: TrainSettings) -> dict:
     summary = {
         "model_dir": str(run.model_dir), "classes": len(classes),
         "train_images": len(run.slots["train"]), "val_images": len(run.slots["val"]),
-        "val_rows_with_unseen_class": unknown, "left_out": [f"{p}: {r}" for p, r in failures],
         "best_phase": best["phase"], "best_epoch": best["epoch"],
         "val_accuracy": round(best["score"][0], 4), "val_loss": round(-best["score"][1], 4),
         "head_epochs": int((history["phase"] == "head").sum()),

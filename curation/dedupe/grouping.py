@@ -14,7 +14,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from curation.dedupe.hamming import distances, pairs_within
+from curation.dedupe.hamming import MAX_PAIRS, distances, pairs_within
 from curation.vocabulary import KEEPER_ASCENDING, KEEPER_KEYS, keeper_keys
 
 DEFAULT_KINDS = ("phash", "dhash")
@@ -83,14 +83,16 @@ def hash_matches(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
 
 
 def candidate_pairs(hashes: dict[str, np.ndarray], kind: str, radius: int,
-                    alignments: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs i < j whose `kind` hashes are within radius in some alignment (a superset)."""
+                    alignments: dict, *, max_pairs: int = MAX_PAIRS) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs i < j whose `kind` hashes are within radius in some alignment (a superset),
+    searched in blocks of max_pairs (hamming.pairs_within)."""
     plain = hashes[kind]
     n = len(plain)
-    i, j, _ = pairs_within(plain, radius)
+    i, j, _ = pairs_within(plain, radius, max_pairs=max_pairs)
     variants = [hashes[kind + suffix] for suffix, _ in alignments.values() if suffix]
     if variants:
-        q, b, _ = pairs_within(plain, radius, queries=np.concatenate(variants))
+        q, b, _ = pairs_within(plain, radius, queries=np.concatenate(variants),
+                               max_pairs=max_pairs)
         q %= max(n, 1)
         other = q != b
         i = np.concatenate([i, np.minimum(q, b)[other]])
@@ -171,16 +173,17 @@ def exact_pairs(rows: pd.DataFrame, plain: np.ndarray, ci: np.ndarray, cj: np.nd
 
 def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
                      thresholds: dict[str, int], *, mirror: bool = True,
-                     pixel_digest=None) -> pd.DataFrame:
+                     pixel_digest=None, max_pairs: int = MAX_PAIRS) -> pd.DataFrame:
     """The dedupe columns for hashed rows (path, width, height, bytes, sha256; hashes aligned).
 
     hashes: hash column -> uint64 array for every column of hash_columns(thresholds).
     pixel_digest: see exact_pairs; None skips the identical-pixels check.
+    max_pairs: hash pairs examined per block of the search (bounds its memory).
     """
     kinds = list(thresholds)
     alignments = alignments_for(mirror)
     radius = max(thresholds[kinds[0]], PIXEL_CHECK_RADIUS if pixel_digest else 0)
-    ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments)
+    ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments, max_pairs=max_pairs)
     near = hash_matches(ci, cj, hashes, thresholds, alignments)
     exact, digests = exact_pairs(rows, hashes[kinds[0]], ci, cj, pixel_digest)
     near_edges = near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1)

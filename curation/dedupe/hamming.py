@@ -17,7 +17,8 @@ import numpy as np
 
 BITS = 64
 METHODS = ("auto", "brute", "mih")
-_BATCH = 1 << 23            # candidate pairs verified per numpy batch (bounds memory)
+MAX_PAIRS = 1 << 23         # default pairs examined per numpy block (bounds working memory)
+BYTES_PER_PAIR = 64         # working memory per examined pair (measured with tracemalloc, rounded up)
 # Measured cost per unit on this machine (seconds); only their ratios matter for the choice.
 _COST_BRUTE_PAIR = 3e-9     # one pair in the blockwise popcount
 _COST_CANDIDATE = 8e-9      # one candidate pair expanded and verified by mih
@@ -42,11 +43,14 @@ def distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def pairs_within(hashes: np.ndarray, radius: int, *, queries: np.ndarray | None = None,
-                 method: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 method: str = "auto", max_pairs: int = MAX_PAIRS
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair within `radius` bits, as arrays (i, j, distance) sorted by (i, j).
 
     hashes: uint64 array (n,). Without queries: pairs i < j among hashes. With queries
-    (uint64 array (q,)): every (query i, hash j) pair, i == j included.
+    (uint64 array (q,)): every (query i, hash j) pair, i == j included. Pairs are examined in
+    blocks of at most max_pairs (about BYTES_PER_PAIR bytes each), so the working memory is
+    bounded by it plus arrays of the hashes' length and the pairs found, never by n * q.
     """
     hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
     query_hashes = hashes if queries is None else np.ascontiguousarray(queries, dtype=np.uint64)
@@ -57,10 +61,10 @@ def pairs_within(hashes: np.ndarray, radius: int, *, queries: np.ndarray | None 
     if method == "auto":
         method = choose_method(len(query_hashes), len(hashes), radius, queries is None)
     if method == "brute":
-        i, j = _brute(hashes, query_hashes, radius, queries is None)
+        i, j = _brute(hashes, query_hashes, radius, queries is None, max_pairs)
     else:
         plan = mih_plan(len(query_hashes), len(hashes), radius, queries is None)[1]
-        i, j = _mih(hashes, query_hashes, radius, plan, queries is None)
+        i, j = _mih(hashes, query_hashes, radius, plan, queries is None, max_pairs)
     order = np.lexsort((j, i))
     i, j = i[order], j[order]
     return i, j, distances(query_hashes[i], hashes[j]).astype(np.int64)
@@ -98,10 +102,10 @@ def mih_plan(n_queries: int, n_base: int, radius: int, self_join: bool) -> tuple
     return best
 
 
-def _brute(hashes: np.ndarray, queries: np.ndarray, radius: int,
-           self_join: bool) -> tuple[np.ndarray, np.ndarray]:
+def _brute(hashes: np.ndarray, queries: np.ndarray, radius: int, self_join: bool,
+           max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
     """Blockwise popcount of all pairs (upper triangle only for a self join)."""
-    block = max(1, (1 << 22) // max(1, len(hashes)))
+    block = max(1, max_pairs // max(1, len(hashes)))
     found_i, found_j = [], []
     for lo in range(0, len(queries), block):
         first = lo if self_join else 0
@@ -131,7 +135,7 @@ def _chunk_keys(hashes: np.ndarray, chunk: Chunk) -> np.ndarray:
 
 
 def _mih(hashes: np.ndarray, queries: np.ndarray, radius: int, plan: list[Chunk],
-         self_join: bool) -> tuple[np.ndarray, np.ndarray]:
+         self_join: bool, max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
     """Union over chunks and flip masks of bucket joins, each verified by popcount."""
     found_i, found_j = [], []
     for chunk in (c for c in plan if c.flips >= 0):
@@ -161,7 +165,8 @@ def _mih(hashes: np.ndarray, queries: np.ndarray, radius: int, plan: list[Chunk]
                     selected = query_ids
                 partner = query_keys[selected] ^ mask
                 begin, count = starts[partner], counts[partner]
-            q, base = _verify(query_hashes[selected], begin, count, sorted_hashes, radius)
+            q, base = _verify(query_hashes[selected], begin, count, sorted_hashes, radius,
+                              max_pairs)
             found_i.append(query_ids[selected[q]])
             found_j.append(order[base])
     i, j = _concat(found_i), _concat(found_j)
@@ -172,12 +177,13 @@ def _mih(hashes: np.ndarray, queries: np.ndarray, radius: int, plan: list[Chunk]
 
 
 def _verify(query_hashes: np.ndarray, begin: np.ndarray, count: np.ndarray,
-            base_hashes: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+            base_hashes: np.ndarray, radius: int, max_pairs: int) -> tuple[np.ndarray, np.ndarray]:
     """Query k against base positions begin[k] .. begin[k] + count[k] - 1: the pairs within radius."""
     total = int(count.sum())
     found_q, found_base = [], []
-    batches = max(1, -(-total // _BATCH))
-    bounds = np.linspace(0, len(count), batches + 1).astype(np.int64)
+    cuts = np.searchsorted(np.cumsum(count), np.arange(1, -(-total // max_pairs)) * max_pairs,
+                           side="right")   # batches of about max_pairs pairs, skewed buckets too
+    bounds = np.unique(np.concatenate([[0], cuts, [len(count)]])).astype(np.int64)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         part = count[lo:hi]
         size = int(part.sum())

@@ -16,10 +16,12 @@ import pandas as pd
 from curation.config import DatasetConfig
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                        thresholds_for)
+from curation.dedupe.hamming import BYTES_PER_PAIR
 from curation.dedupe.hashing import (HASH_METHOD, hash_columns, hash_files, parse_kinds,
                                      pixel_digests, to_uint64)
 from curation.leaks import describe_leaks, leak_report
 from curation.manifest import DEDUPE_COLUMNS, file_identity, unchanged_rows
+from curation.cluster import cluster_setting
 from curation.settings import setting
 from curation.sheets import contact_sheet
 from curation.steps import Step, Workdir, run_step
@@ -163,6 +165,10 @@ class Settings:
     pixel_check: bool = setting(True, "Confirm far-apart matches by pixels.", cli=False)
     workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
                                   result=False)
+    cluster: str | None = cluster_setting()
+    search_memory: int = setting(512, "Working memory of the near-duplicate search, in MB: "
+                                 "pairs are compared in blocks that fit (not all pairs at once).",
+                                 low=16, high=1 << 20, result=False)
     sheet_groups: int = setting(12, "Largest groups drawn in <workdir>/dupes.png.", low=0,
                                 high=500, result=False)
 
@@ -185,7 +191,8 @@ def run(work: Workdir, settings: Settings) -> dict:
 
     group_started = time.time()
     result = group_duplicates(rows, hash_arrays, thresholds, mirror=settings.mirror,
-                              pixel_digest=digest if settings.pixel_check else None)
+                              pixel_digest=digest if settings.pixel_check else None,
+                              max_pairs=settings.search_memory * 2**20 // BYTES_PER_PAIR)
     group_seconds = time.time() - group_started
     new = manifest[["path"]].merge(hashes.astype({c: "string" for c in columns}),
                                    on="path", how="left").merge(result, on="path", how="left")

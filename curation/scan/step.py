@@ -22,6 +22,7 @@ from curation.images import DEFAULT_MAX_PIXELS, ImageError, probe
 from curation.manifest import (SCAN_COLUMNS, ManifestMissing, manifest_path, merge_columns,
                                read_manifest, unchanged_rows)
 from curation.parallel import map_files
+from curation.cluster import cluster_setting
 from curation.settings import setting
 from curation.steps import Step, Workdir, run_step
 from curation.vocabulary import GIVEN_SPLIT_NAMES
@@ -139,6 +140,7 @@ class Settings:
 
     workers: int | None = setting(None, "Processes (default: cores).", kind=int, low=1, high=256,
                                   result=False)
+    cluster: str | None = cluster_setting()
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "Refuse images larger than this "
                               "(decompression-bomb guard).", low=1)
 
@@ -251,6 +253,7 @@ HELP = """List every file under the dataset root, check it decodes, and write th
 \b
 Example: curate scan stanford-cars-25 --workers 4
          curate scan ~/photos/cars --json
+         curate scan ~/photos/cars --cluster local   (or tcp://HOST:8786: Dask, docs/scale.md)
 Unchanged files (same path, size, mtime) reuse their cached rows.
 """
 
