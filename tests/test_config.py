@@ -16,15 +16,17 @@ def write(tmp_path, text):
     return path
 
 
-def test_repo_config_has_the_three_datasets(monkeypatch, tmp_path):
+def test_repo_config_has_the_four_datasets(monkeypatch, tmp_path):
     monkeypatch.setenv("CURATE_DATA", str(tmp_path))
     configs = load_config(REPO_CONFIG)
-    assert set(configs) == {"stanford-cars-25", "swift-wagonr", "indian-cars-7"}
-    swift = configs["swift-wagonr"]
-    assert swift.ratios == (0.6, 0.2, 0.2)
-    assert swift.layout == "split_class_folders"
-    assert swift.classes == ("swift", "wagonr")
-    assert swift.root == (tmp_path / "swift-wagonr").resolve()
+    assert set(configs) == {"stanford-cars-25", "swift-wagonr", "swift-wagonr-4000",
+                            "indian-cars-7"}
+    for name in ("swift-wagonr", "swift-wagonr-4000"):   # the 300-photo copy and the full set
+        swift = configs[name]
+        assert swift.ratios == (0.6, 0.2, 0.2)
+        assert swift.layout == "split_class_folders"
+        assert swift.classes == ("swift", "wagonr")
+        assert swift.root == (tmp_path / name).resolve()
 
 
 def test_relative_root_without_curate_data_uses_yaml_folder(monkeypatch, tmp_path):
