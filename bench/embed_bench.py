@@ -68,14 +68,15 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="stanford-cars-25")
-    parser.add_argument("--limit", type=int, default=256, help="files to embed per timed run")
+    parser.add_argument("--limit", type=int, help="files to embed per timed run (default: all; "
+                        "a few hundred leave the ~1 s start of each run in the rate)")
     parser.add_argument("--rounds", type=int, default=2, help="timed runs per engine and view")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, help="decoding processes (default: cores)")
     parser.add_argument("--backbone", default="mobilenet_v2")
     args = parser.parse_args()
     config = resolve_dataset(args.dataset)
-    files = [str(p.relative_to(config.root)) for p in image_files(config.root)][:args.limit]
+    files = [str(p.relative_to(config.root)) for p in image_files(config.root)][:args.limit or None]
     base = dict(backbone=args.backbone, weights=config.weights, image_size=config.image_size,
                 batch_size=args.batch_size, workers=args.workers)
     report = {"bench": "embed", "dataset": config.name, "images": len(files),

@@ -154,27 +154,23 @@ def load_image(path: Source, *, max_side: int | None = None,
 
 def load_array(path: Source, size: int | tuple[int, int], *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """uint8 array (height, width, 3) resized to `size` (the whole frame, aspect not kept)."""
-    height, width = (size, size) if isinstance(size, int) else size
-    image = load_image(path, max_side=2 * max(height, width), max_pixels=max_pixels)
-    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
-
-
-def load_rgb(path: Source, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """uint8 array (size, size, 3), the whole upright frame resized (aspect not kept), as
-    load_array; what embeddings are computed from.
+    """uint8 array (height, width, 3): the whole upright frame resized to `size` (aspect not
+    kept). Every network input is made here (embeddings, training, predict, check), so a photo
+    gives the same pixels, and the same vector, in every step.
 
     Ordinary JPEGs are decoded by libjpeg-turbo at the smallest DCT scale that keeps both sides
-    >= size (simplejpeg), then resized by PIL; everything else goes through load_array.
+    >= size (simplejpeg), everything else in full by PIL; then one bilinear resize. (Shrinking
+    by the long side first, as before, cost wide photos their height: cosine 0.92 to the direct
+    resize's embedding on an 800x264 photo.)
     """
+    height, width = (size, size) if isinstance(size, int) else size
     data = _jpeg_bytes(path)
-    if data is not None:
-        pixels = _scaled_jpeg(data, "RGB", size, max_pixels)
-        if pixels is not None:
-            resized = Image.fromarray(np.ascontiguousarray(pixels), "RGB").resize(
-                (size, size), Image.Resampling.BILINEAR)
-            return np.asarray(resized, dtype=np.uint8)
-    return load_array(path, size, max_pixels=max_pixels)
+    pixels = _scaled_jpeg(data, "RGB", max(height, width), max_pixels) if data else None
+    if pixels is not None:
+        image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+    else:
+        image = load_image(path, max_pixels=max_pixels)
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def load_gray(path: Source, *, min_side: int = 32,

@@ -90,3 +90,25 @@ def test_sigkilled_embed_resumes_from_its_last_checkpoint(curate_data, curate_we
     resumed = vectors[keys.reset_index().set_index("path").loc[sample["path"], "index"]]
     np.testing.assert_allclose(resumed, fresh, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(kept_vectors[:24], resumed[:24])
+
+
+def test_train_head_features_come_from_the_embed_cache_and_match_the_classifier(
+        photos, curate_data, tmp_path):
+    from types import SimpleNamespace
+
+    from curation.images import load_array
+    from training.model import build_classifier, feature_model
+    from training.train import cached_features
+
+    rows = photos.iloc[::8].reset_index(drop=True)            # 11 photos of 5 models + non-car
+    work = SimpleNamespace(config=SimpleNamespace(root=curate_data), path=tmp_path, quiet=True)
+    settings = SimpleNamespace(seed=0, workers=1, **IMAGENET)
+    features, rate = cached_features(work, settings, rows, "cpu")
+    assert features.shape == (len(rows), 2, 1280) and rate > 0
+    extractor = feature_model(build_classifier(3, augment=False, **IMAGENET))
+    pixels = np.stack([load_array(curate_data / p, 224) for p in rows["path"]]).astype(np.float32)
+    for view, batch in enumerate((pixels, pixels[:, :, ::-1])):   # plain, then mirrored
+        own = np.asarray(extractor.predict(batch, verbose=0)[0])
+        assert cosines(features[:, view], own).min() >= 0.999
+    again, rate = cached_features(work, settings, rows, "cpu")
+    assert rate is None and np.array_equal(again, features)     # nothing embedded twice

@@ -12,7 +12,7 @@ from curation.config import DatasetConfig
 from curation.dedupe.hashing import DECODE_MIN_SIDE, hash_file
 from curation.dedupe.step import dedupe
 from curation.embed.compute import EmbedSettings, embed_manifest
-from curation.images import load_array, load_gray, load_rgb
+from curation.images import load_array, load_gray
 from curation.manifest import read_manifest
 from curation.scan.step import scan
 from tests.conftest import synthetic_photo
@@ -62,8 +62,10 @@ def test_embedding_resize_enlarges_small_photos_to_the_backbone_size(tmp_path, m
     names = small_folder(root, make_image)
     expected = np.asarray(Image.open(root / names[0]).convert("RGB").resize(
         (160, 160), Image.Resampling.BILINEAR)).astype(int)
-    for loader in (load_rgb, load_array):          # embeddings' JPEG fast path, and the fallback
-        array = loader(root / names[0], 160)
+    png = tmp_path / "small.png"
+    Image.open(root / names[0]).save(png)
+    for source in (root / names[0], png):          # the JPEG fast path, and PIL's full decode
+        array = load_array(source, 160)
         assert array.shape == (160, 160, 3)
         assert np.abs(array.astype(int) - expected).mean() < 1.5   # whole frame, full scale
     settings = EmbedSettings(backbone="mobilenet_v1_025", weights="none", image_size=160,

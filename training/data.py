@@ -62,9 +62,13 @@ def decode_file(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
         return None, f"unreadable: {exc.strerror or exc}"
 
 
+PIXELS_VERSION = 2   # raised whenever images.load_array's pixels change, so old caches are not read
+
+
 def cache_paths(cache_dir: Path, size: int) -> tuple[Path, Path]:
     """The pixel array and its index (path, bytes, mtime, slot) for one image size."""
-    return Path(cache_dir) / f"pixels-{size}.npy", Path(cache_dir) / f"pixels-{size}.parquet"
+    stem = Path(cache_dir) / f"pixels-v{PIXELS_VERSION}-{size}"
+    return stem.with_suffix(".npy"), stem.with_suffix(".parquet")
 
 
 def _read_cache(cache_dir: Path, size: int) -> tuple[pd.DataFrame, np.ndarray | None]:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from curation.embed.backbones import resolve_weights
+from curation.embed.compute import EmbedSettings, embed_files
 from curation.config import TrainingSettings
 from curation.errors import NotEnoughData
 from curation.manifest import atomic_write, atomic_write_json
@@ -152,14 +153,47 @@ class Run:
         return class_weights(self.y["train"], len(self.classes))
 
 
-def head_phase(run: Run, model: keras.Model) -> tuple[pd.DataFrame, BestEpoch, float]:
-    """Train the head on embeddings of train images and their mirror images; keep its best val epoch."""
+def cached_features(work: Workdir, settings: TrainSettings, rows: pd.DataFrame,
+                    device: str) -> tuple[np.ndarray | None, float | None]:
+    """Backbone embeddings of `rows`, plain and mirrored (n, 2, d), from the embed step's cache
+    (each file its own vector, near-duplicates included): its mirror-averaged vectors and its
+    plain ones give the mirror view as 2 * mean - plain.
+    Only missing files are embedded (ONNX Runtime on a CPU-only machine, Keras on an
+    accelerator), and their images/s. None when some row has no vector or the backbone is
+    randomly initialised (the cache's random weights are not the classifier's), so the head
+    phase embeds them itself."""
+    if resolve_weights(settings.backbone, str(settings.weights)) is None:
+        return None, None
+    s = EmbedSettings(backbone=settings.backbone, weights=str(settings.weights),
+                      image_size=settings.image_size, seed=settings.seed,
+                      engine="keras" if device != "cpu" else None, workers=settings.workers)
+    root, cache = work.config.root, work.path.resolve()
+    runs = [embed_files(rows["path"].tolist(), cache, root=root,
+                        settings=dataclasses.replace(s, tta=tta), quiet=work.quiet)
+            for tta in (False, True)]
+    computed, seconds = sum(r.computed for r in runs), sum(r.seconds for r in runs)
+    rate = computed / seconds if computed else None
+    if any(np.isnan(r.vectors).any() for r in runs):
+        return None, rate
+    plain, averaged = (r.vectors for r in runs)
+    return np.stack([plain, 2 * averaged - plain], axis=1).astype(np.float32), rate
+
+
+def head_phase(run: Run, model: keras.Model,
+               cached: np.ndarray | None = None) -> tuple[pd.DataFrame, BestEpoch, float | None]:
+    """Train the head on embeddings of train images and their mirror images; keep its best val
+    epoch. `cached`: cached_features of the train rows then the val rows (else embedded here)."""
     tick = time.perf_counter()
-    extractor = feature_model(model)
-    train_x = np.concatenate([run.embeddings(extractor, "train"),
-                              run.embeddings(extractor, "train", flip=True)])
-    val_x = run.embeddings(extractor, "val")
-    embed_rate = (len(train_x) + len(val_x)) / (time.perf_counter() - tick)
+    if cached is None:
+        extractor = feature_model(model)
+        train_x = np.concatenate([run.embeddings(extractor, "train"),
+                                  run.embeddings(extractor, "train", flip=True)])
+        val_x = run.embeddings(extractor, "val")
+        embed_rate = (len(train_x) + len(val_x)) / (time.perf_counter() - tick)
+    else:
+        n_train = len(run.slots["train"])
+        train_x = np.concatenate([cached[:n_train, 0], cached[:n_train, 1]])
+        val_x, embed_rate = cached[n_train:, 0], None
     n = len(run.classes)
     head = head_model(model)
     _compile(head, run.settings.learning_rate, run.settings)
@@ -204,9 +238,10 @@ def scratch_phase(run: Run, model: keras.Model) -> tuple[pd.DataFrame, BestEpoch
     return _history("scratch", history, callbacks[1], len(run.slots["train"])), keeper
 
 
-def transfer_phases(run: Run, model: keras.Model) -> tuple[pd.DataFrame, dict, float, int]:
+def transfer_phases(run: Run, model: keras.Model, cached: np.ndarray | None = None
+                    ) -> tuple[pd.DataFrame, dict, float | None, int]:
     """The head phase, then fine-tuning: (history, best epoch, embedding rate, layers unfrozen)."""
-    head_history, keeper, embed_rate = head_phase(run, model)
+    head_history, keeper, embed_rate = head_phase(run, model, cached)
     save_classifier(model, run.model_dir / "model.keras")
     best = {"phase": "head", "epoch": keeper.best_epoch + 1, "score": keeper.best}
     tune_history, tuner, unfrozen = fine_tune_phase(run, model, keeper.best)
@@ -267,6 +302,7 @@ def _train(work: Workdir, settings: TrainSettings, rows: pd.DataFrame, pixels: n
     run = Run(pixels, {s: rows["slot"].to_numpy()[m] for s, m in masks.items()},
               {s: y[m] for s, m in masks.items()}, classes, recipe, workdir / MODEL_DIR,
               seed, work.quiet)
+    cached = None
     if weights == SCRATCH:
         model = build_scratch_classifier(len(classes), image_size=size, seed=seed,
                                          dropout=recipe.dropout, augment=recipe.augment)
@@ -277,7 +313,10 @@ def _train(work: Workdir, settings: TrainSettings, rows: pd.DataFrame, pixels: n
         model = build_classifier(len(classes), backbone=backbone, weights=weights,
                                  image_size=size, dropout=recipe.dropout, augment=recipe.augment,
                                  seed=seed)
-        history, best, embed_rate, unfrozen = transfer_phases(run, model)
+        order = np.concatenate([np.flatnonzero(masks["train"]), np.flatnonzero(masks["val"])])
+        cached, cache_rate = cached_features(work, settings, rows.iloc[order], device)
+        history, best, embed_rate, unfrozen = transfer_phases(run, model, cached)
+        embed_rate = embed_rate or cache_rate
     info = {"classes": classes, "backbone": backbone, "weights": weights, "image_size": size,
             "dataset": config.name, "seed": seed}
     calibration = write_model_files(run, model, history, info)
@@ -291,6 +330,7 @@ def _train(work: Workdir, settings: TrainSettings, rows: pd.DataFrame, pixels: n
         "scratch_epochs": int((history["phase"] == "scratch").sum()),
         "fine_tune_epochs": len(fine), "unfrozen_layers": unfrozen,
         "embed_images_per_second": round(embed_rate, 1) if embed_rate else None,
+        "head_features": "keras" if cached is None else "embed cache",
         "fine_tune_images_per_second": round(len(run.slots["train"]) * len(fine)
                                              / fine["train_seconds"].sum(), 1) if len(fine) else None,
         "ood_distance_threshold": round(calibration["distance_threshold"], 4),

@@ -16,10 +16,11 @@ import pandas as pd
 from curation.embed.cache import (aligned, cache_file, merge, read_cache, representatives,
                                   write_cache, write_checkpoint)
 from curation.config import BACKBONES
-from curation.embed.engines import ENGINES, default_engine, embed_views, get_engine
+from curation.embed.engines import (ENGINES, decode_workers, default_engine, embed_views,
+                                     get_engine)
 from curation.embed.pipeline import decoded_batches
 from curation.manifest import IDENTITY_COLUMNS, file_identity
-from curation.parallel import default_workers, progress_bar
+from curation.parallel import progress_bar
 from curation.settings import setting
 
 CHECKPOINT_IMAGES = 512   # a killed run loses at most this many embedded images
@@ -45,7 +46,9 @@ class EmbedSettings:
                                  choices=ENGINES, result=False)
     batch_size: int = setting(32, "Images per embedding batch.", low=1, high=1024,
                               result=False, run_flag="--embed-batch-size")
-    workers: int | None = setting(None, "Image-decoding processes (default: cores).", kind=int,
+    workers: int | None = setting(None, "Image-decoding processes (default: a quarter of the "
+                                  "cores with onnx, which needs them for inference; all with "
+                                  "keras).", kind=int,
                                   low=1, high=256, result=False)
     seed: int = setting(0, "Random seed: same seed, same result (embeddings: random-init "
                         "weights only).")
@@ -90,7 +93,7 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
         identity = wanted.drop_duplicates("path").set_index("path")
         batches = decoded_batches(todo, [Path(root) / p if root else Path(p) for p in todo],
                                   s.image_size, s.batch_size,
-                                  workers=s.workers or default_workers())
+                                  workers=s.workers or decode_workers(s.engine_name))
         first = next(batches)   # decoding starts before the model loads, and overlaps it
         engine = get_engine(s.engine_name, s.backbone, s.weights, s.image_size, s.seed)
         engine_name = engine.name

@@ -1,4 +1,4 @@
-"""Decoded batches for the engines: JPEGs decoded at reduced scale (images.load_rgb) in worker
+"""Decoded batches for the engines: JPEGs decoded at reduced scale (images.load_array) in worker
 processes, a bounded number of batches ahead, so decoding and inference overlap and neither
 waits on the other while memory stays bounded.
 """
@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from curation.images import ImageError, load_rgb
+from curation.images import ImageError, load_array
 from curation.lifecycle import checked, process_pool
 
 
@@ -31,7 +31,7 @@ def decode_batch(job: tuple[list[str], list[str], int]) -> Batch:
     decoded, arrays, failed = [], [], {}
     for name, path in zip(names, paths):
         try:
-            arrays.append(load_rgb(path, size))
+            arrays.append(load_array(path, size))
             decoded.append(name)
         except ImageError as exc:
             failed[name] = str(exc)[:200]
