@@ -4,11 +4,14 @@ With test-time augmentation (default) each vector is the mean over the image and
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +21,7 @@ from curation.embed.cache import (aligned, cache_file, merge, read_cache, repres
 from curation.config import BACKBONES
 from curation.embed.engines import (ENGINES, decode_workers, default_engine, embed_views,
                                      get_engine)
-from curation.embed.pipeline import decoded_batches
+from curation.embed.pipeline import Batch, decoded_batches
 from curation.manifest import IDENTITY_COLUMNS, file_identity
 from curation.parallel import progress_bar
 from curation.settings import setting
@@ -100,10 +103,12 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
         bar = progress_bar(total=len(todo), desc=f"embed ({engine.name})", unit="img",
                            quiet=quiet)
         done, pending = [], []          # (names, vectors) of this run; not yet checkpointed
-        for batch in itertools.chain([first], batches):
+        views = functools.partial(embed_views, engine, tta=s.tta)
+        for batch, features in overlapped(views, itertools.chain([first], batches),
+                                          depth=2 if engine.name == "onnx" else 1):
             failed.update(batch.failed)
             if batch.decoded:
-                pending.append((batch.decoded, embed_views(engine, batch.pixels, tta=s.tta)))
+                pending.append((batch.decoded, features))
             bar.update(len(batch.names))
             if sum(len(names) for names, _ in pending) >= checkpoint_every:
                 write_checkpoint(path, *_rows(pending, identity))
@@ -115,6 +120,23 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
     return EmbeddingRun(aligned(wanted, keys, vectors), path, engine_name,
                         computed=len(todo) - len(failed), reused=len(cached),
                         seconds=time.time() - started, failed=failed)
+
+
+def overlapped(views: Callable[[np.ndarray], np.ndarray], batches: Iterator[Batch], *,
+               depth: int) -> Iterator[tuple[Batch, np.ndarray | None]]:
+    """(batch, its features) in order, with up to `depth` batches running at once: onnx's
+    threads then move on to the next batch instead of waiting at the end of each for the
+    slowest slice (a decoder shares their cores), ~8 % more images/s on 2 cores."""
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="embed") as runner:
+        running: deque = deque()
+        for batch in batches:
+            running.append((batch, runner.submit(views, batch.pixels) if batch.decoded else None))
+            if len(running) >= depth:
+                batch, future = running.popleft()
+                yield batch, future and future.result()
+        while running:
+            batch, future = running.popleft()
+            yield batch, future and future.result()
 
 
 def _rows(embedded: list[tuple[list[str], np.ndarray]],
