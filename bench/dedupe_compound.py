@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from curation.dedupe.evaluation import COMPOUND, pair_scores, plant, recall_by_transform
+from curation.dedupe.geometry import thumbnails
 from curation.dedupe.grouping import DEFAULT_KINDS, components, group_duplicates, thresholds_for
 from curation.dedupe.hashing import hash_columns, hash_files, pixel_digests, to_uint64
 from curation.embed.compute import EmbedSettings, embed_files
@@ -121,7 +122,8 @@ def ours(rows: pd.DataFrame, paths: list[str], planted: pd.DataFrame, classes: n
         backbone="mobilenet_v2", weights="imagenet", image_size=224, tta=True, workers=workers))
     started = time.perf_counter()
     with_embeddings = group_duplicates(rows, hashes, thresholds, pixel_digest=digest,
-                                       vectors=embedded.vectors)
+                                       vectors=embedded.vectors, thumbnails=lambda index:
+                                       thumbnails([paths[k] for k in index], workers=workers))
     embed_group_seconds = time.perf_counter() - started
     hash_total = hash_seconds + group_seconds
     out = {"hash_only": {**scores(_groups(hash_only), planted, classes),

@@ -9,7 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from curation.dedupe.evaluation import NEAR_TRANSFORMS, pair_scores, plant
+from PIL import Image
+
+from curation.dedupe.embedding import MIN_ALIGNMENT, NOT_ALIGNED
+from curation.dedupe.evaluation import NEAR_TRANSFORMS, pair_scores, plant, transform
+from curation.dedupe.geometry import THUMB_SIDE, alignment_scores, high_pass, thumbnails
 from curation.dedupe.grouping import (alignments_for, choose_keepers, components, equal_key_pairs,
                                group_duplicates, hash_matches, thresholds_for)
 from curation.dedupe.hashing import hash_columns, hash_files, to_uint64
@@ -109,22 +113,42 @@ def _rows(n: int) -> pd.DataFrame:
                          "height": 100, "bytes": 1000, "sha256": [f"s{k}" for k in range(n)]})
 
 
-def test_embedding_stage_joins_only_close_vectors_whose_hashes_agree_loosely():
+def _textures(*kinds: int):
+    """A thumbnails callback: row k gets texture kinds[k] (equal kinds: the same picture)."""
+    made = {k: high_pass(np.random.default_rng(k).normal(128, 40, (THUMB_SIDE, THUMB_SIDE)))
+            for k in set(kinds)}
+    return lambda index: [made[kinds[row]] for row in index]
+
+
+def test_embedding_stage_joins_close_vectors_whose_hashes_agree_loosely_and_pictures_align():
     bits = (1 << 11) - 1                        # 11 bits: beyond the threshold, within 12
-    hashes = _table([0, bits, bits << 20, 2**40 - 1])
-    vectors = np.array([[1.0, 0.0], [0.95, 0.1], [0.0, 1.0], [1.0, 0.01]])
+    hashes = _table([0, bits, bits << 20, 2**40 - 1, bits << 30])
+    vectors = np.array([[1.0, 0.0], [0.95, 0.1], [0.0, 1.0], [1.0, 0.01], [0.95, 0.1]])
     thresholds = {"phash": 8, "dhash": 8}
-    alone = group_duplicates(_rows(4), hashes, thresholds)
+    pictures = _textures(0, 0, 0, 0, 1)          # row 4: close in every summary, another picture
+    alone = group_duplicates(_rows(5), hashes, thresholds)
     assert alone["dup_group"].isna().all()
-    out = group_duplicates(_rows(4), hashes, thresholds, vectors=vectors)
+    out = group_duplicates(_rows(5), hashes, thresholds, vectors=vectors, thumbnails=pictures)
     assert out["dup_group"][0] == out["dup_group"][1]
-    assert out["dup_reason"][1].startswith("embedding: cosine 0.99") and "phash 11" in \
-        out["dup_reason"][1]
+    assert out["dup_reason"][1].startswith("embedding: cosine 0.99") and \
+        "aligned 1.00, phash 11" in out["dup_reason"][1]
     assert pd.isna(out["dup_group"][2])         # its hashes agree, its embedding does not
     assert pd.isna(out["dup_group"][3])         # same embedding, 40 bits apart: another picture
+    assert pd.isna(out["dup_group"][4])         # the geometric check finds no alignment
     nan = vectors.copy()
     nan[1] = np.nan                             # not embedded: hash rules only
-    assert group_duplicates(_rows(4), hashes, thresholds, vectors=nan)["dup_group"].isna().all()
+    assert group_duplicates(_rows(5), hashes, thresholds, vectors=nan,
+                            thumbnails=pictures)["dup_group"].isna().all()
+    with pytest.raises(ValueError, match="thumbnails"):
+        group_duplicates(_rows(5), hashes, thresholds, vectors=vectors)
+
+
+def test_with_embeddings_a_hash_match_the_pictures_refute_does_not_join():
+    hashes = _table([0, 2**5 - 1, 2**5 - 1])    # all within 8 bits of each other
+    vectors = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    out = group_duplicates(_rows(3), hashes, {"phash": 8, "dhash": 8}, vectors=vectors,
+                           thumbnails=_textures(0, 1, 1))
+    assert pd.isna(out["dup_group"][0]) and out["dup_group"][1] == out["dup_group"][2]
 
 
 def test_chained_groups_are_cut_where_members_are_not_pairwise_alike():
@@ -145,8 +169,26 @@ def test_reasons_name_the_rule_and_the_bits():
 
 
 def test_a_closer_embedding_allows_hashes_further_apart():
-    fourteen = (1 << 14) - 1                    # 14 bits: only the cosine >= 0.90 tier allows it
-    hashes = _table([0, fourteen, 0, fourteen << 20])
-    vectors = np.array([[1.0, 0.0], [0.96, 0.2], [0.0, 1.0], [0.88, 0.47]])   # 0.98, -, 0.88
-    out = group_duplicates(_rows(4), hashes, {"phash": 8, "dhash": 8}, vectors=vectors)
+    eighteen = (1 << 18) - 1                    # 18 bits: only the cosine >= 0.85 tier allows it
+    hashes = _table([0, eighteen, 0, eighteen << 20])
+    vectors = np.array([[1.0, 0.0], [0.96, 0.2], [0.0, 1.0], [0.8, 0.6]])   # 0.98, -, 0.80
+    out = group_duplicates(_rows(4), hashes, {"phash": 8, "dhash": 8}, vectors=vectors,
+                           thumbnails=_textures(0, 0, 1, 0))
     assert out["dup_group"][0] == out["dup_group"][1] and pd.isna(out["dup_group"][3])
+
+
+def test_geometric_check_finds_an_edited_copy_and_refutes_another_picture(tmp_path):
+    def photo(seed: int) -> Image.Image:
+        noise = np.random.default_rng(seed).normal(128, 60, (24, 32, 3)).clip(0, 255)
+        return Image.fromarray(noise.astype(np.uint8)).resize((320, 240), Image.Resampling.BICUBIC)
+    rng = np.random.default_rng(0)
+    edited = photo(1)
+    for edit in ("crop", "mirror", "brightness", "text", "resize"):
+        edited = transform(edited, edit, rng)
+    paths = []
+    for name, picture in (("a", photo(1)), ("copy", edited), ("other", photo(2))):
+        paths.append(tmp_path / f"{name}.jpg")
+        picture.save(paths[-1], quality=50)
+    made = dict(enumerate(thumbnails(paths, workers=1)))
+    copy, other = alignment_scores(made, [0, 0], [1, 2])
+    assert copy >= MIN_ALIGNMENT and other < NOT_ALIGNED

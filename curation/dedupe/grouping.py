@@ -2,8 +2,8 @@
 
 Exact: same bytes (the scan's sha256) or same decoded pixels. Near: every chosen perceptual hash
 within its Hamming threshold, as is, mirrored, against the other's inner crop, or its mirrored
-inner crop. Embedding (when vectors are given): high cosine similarity confirmed by every hash
-within a looser bound in some alignment. Groups are the connected components of those pairs,
+inner crop. Embedding (when vectors are given): high cosine similarity and every hash within a
+looser bound in some alignment make a candidate, which the geometric check must confirm. Groups are the connected components of those pairs,
 cut where a chain joins members that are not pairwise within the looser bound (chains.py).
 Arrays and DataFrames in and out, no disk access (identical pixels are checked through a
 callback), so tests and the bench use it directly.
@@ -18,8 +18,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curation.dedupe.chains import member_pairs, split_chains
-from curation.dedupe.embedding import (CONFIRM_BITS, EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE,
-                                       GROUP_BITS, MIN_COSINE, pair_cosines)
+from curation.dedupe.embedding import (CANDIDATE_TIERS, GROUP_BITS, MIN_ALIGNMENT, NOT_ALIGNED,
+                                       aligner, pair_cosines)
 from curation.dedupe.hamming import MAX_PAIRS, distances, pairs_within
 from curation.vocabulary import KEEPER_ASCENDING, KEEPER_KEYS, keeper_keys
 
@@ -191,19 +191,20 @@ def exact_pairs(rows: pd.DataFrame, plain: np.ndarray, ci: np.ndarray, cj: np.nd
 
 def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
                      thresholds: dict[str, int], *, mirror: bool = True, pixel_digest=None,
-                     vectors: np.ndarray | None = None, min_cosine: float = MIN_COSINE,
-                     confirm_bits: int = CONFIRM_BITS, group_bits: int = GROUP_BITS,
-                     max_pairs: int = MAX_PAIRS) -> pd.DataFrame:
+                     vectors: np.ndarray | None = None, thumbnails=None,
+                     group_bits: int = GROUP_BITS, max_pairs: int = MAX_PAIRS) -> pd.DataFrame:
     """The dedupe columns for hashed rows (path, width, height, bytes, sha256; hashes aligned).
 
     hashes: hash column -> uint64 array for every column of hash_columns(thresholds).
     pixel_digest: see exact_pairs; None skips the identical-pixels check.
     max_pairs: hash pairs examined per block of the search (bounds its memory).
-    vectors: (n, d) flip-invariant embeddings (NaN rows: none), or None for hash-only: pairs at
-    cosine >= min_cosine whose hashes agree within confirm_bits in some alignment join too, and
-    pairs at cosine >= EMBEDDED_GROUP_COSINE within EMBEDDED_GROUP_BITS.
-    Groups are joined only through these pairs, then cut where two members are not within
-    group_bits of each other in some alignment (dup_split says so).
+    vectors: (n, d) flip-invariant embeddings (NaN rows: none), or None for hash-only; with
+    them, thumbnails(row_indices) -> geometry.thumbnail per row (decoded only for candidate
+    pairs): the embedding stage's candidates (CANDIDATE_TIERS) join when the geometric check
+    confirms them (MIN_ALIGNMENT), and a hash match it refutes (below NOT_ALIGNED: two
+    renders of different cars in one pose on white) does not join.
+    Groups are joined only through these pairs, then cut where two members are neither within
+    group_bits of each other in some alignment nor a confirmed embedding pair (dup_split).
     """
     kinds = list(thresholds)
     alignments = alignments_for(mirror)
@@ -212,59 +213,78 @@ def group_duplicates(rows: pd.DataFrame, hashes: dict[str, np.ndarray],
     ci, cj = candidate_pairs(hashes, kinds[0], radius, alignments, max_pairs=max_pairs)
     near = hash_matches(ci, cj, hashes, thresholds, alignments)
     exact, digests = exact_pairs(rows, hashes[kinds[0]], ci, cj, pixel_digest)
-    edges = [near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1), exact]
-    tiers = ((min_cosine, confirm_bits), (EMBEDDED_GROUP_COSINE, EMBEDDED_GROUP_BITS))
+    near = near.loc[near["match"], ["i", "j"]].to_numpy(np.int64).T.reshape(2, -1)
+    edges, align = [exact], None
     if vectors is not None:
-        edges.append(embedding_pairs(hashes, vectors, thresholds, everywhere, tiers))
+        if thumbnails is None:
+            raise ValueError("the embedding stage confirms its pairs geometrically: pass "
+                             "thumbnails (row indices -> geometry.thumbnail) with vectors")
+        align = aligner(thumbnails)
+        near = near[:, ~(align(*near) < NOT_ALIGNED)]
+        edges.append(embedding_pairs(hashes, vectors, thresholds, everywhere, align))
+    edges.append(near)
     edges = np.concatenate(edges, axis=1).reshape(2, -1)
     labels = components(len(rows), *edges)
     pairs = member_pairs(labels)
     same = _same_picture(rows, digests, *pairs)
     compatible = same | hash_matches(*pairs, hashes, loose_bounds(thresholds, group_bits),
                                      everywhere)["match"].to_numpy()
-    if vectors is not None:
-        compatible |= embedding_match(*pairs, hashes, vectors, thresholds, everywhere,
-                                      tiers[1:])[0]
+    if align is not None:
+        compatible[~compatible] = _aligned(pairs[0][~compatible], pairs[1][~compatible],
+                                           vectors, align)
     order = keeper_keys(rows).assign(row=np.arange(len(rows))).sort_values(
         KEEPER_KEYS, ascending=KEEPER_ASCENDING, kind="stable")["row"].to_numpy()
     labels, splits = split_chains(labels, order, edges, pairs, compatible)
     groups = choose_keepers(rows, labels)
     out = _relation_to_keeper(groups, rows, hashes, thresholds, alignments, digests, vectors,
-                              tiers)
+                              align)
     split_note = pd.Series(labels).map({
         label: f"cut from a chained group of {info['from_size']} into {info['pieces']} "
-               f"pieces: not every two members within {group_bits} bits"
+               f"pieces: not every two members alike (within {group_bits} bits, or found "
+               f"in each other)"
         for label, info in splits.items()})
     out["dup_split"] = pd.Series(split_note.to_numpy(), dtype="string")
     return out
 
 
+def _aligned(i: np.ndarray, j: np.ndarray, vectors: np.ndarray, align) -> np.ndarray:
+    """Pairs of group members confirmed geometrically (only those close enough in embedding
+    to be candidates at all are checked)."""
+    close = pair_cosines(vectors, i, j) >= min(cosine for cosine, _ in CANDIDATE_TIERS)
+    out = np.zeros(len(i), dtype=bool)
+    out[close] = align(i[close], j[close]) >= MIN_ALIGNMENT
+    return out
+
+
 def embedding_match(i: np.ndarray, j: np.ndarray, hashes: dict[str, np.ndarray],
                     vectors: np.ndarray, thresholds: dict[str, int], alignments: dict,
-                    tiers: tuple) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Whether each pair passes some tier (min cosine, bits): cosine at least that and every
-    hash within that many bits in some alignment; also the cosines and the hash relation at
-    the widest tier (for dup_reason)."""
+                    align) -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Whether each pair is an embedding candidate (cosine and every hash within a
+    CANDIDATE_TIERS bound in some alignment) confirmed by the geometric check (align(i, j) >=
+    MIN_ALIGNMENT); also the cosines, the alignment scores (NaN: not a candidate) and the hash
+    relation at the widest bound (for dup_reason)."""
     cosine = pair_cosines(vectors, i, j)
-    match = np.zeros(len(i), dtype=bool)
-    for min_cosine, bits in sorted(tiers, key=lambda tier: tier[1]):
+    candidate = np.zeros(len(i), dtype=bool)
+    for min_cosine, bits in sorted(CANDIDATE_TIERS, key=lambda tier: tier[1]):
         relation = hash_matches(i, j, hashes, loose_bounds(thresholds, bits), alignments)
-        match |= (cosine >= min_cosine) & relation["match"].to_numpy()
-    return match, cosine, relation
+        candidate |= (cosine >= min_cosine) & relation["match"].to_numpy()
+    scores = np.full(len(i), np.nan)
+    scores[candidate] = align(i[candidate], j[candidate])
+    return candidate & (scores >= MIN_ALIGNMENT), cosine, scores, relation
 
 
 def embedding_pairs(hashes: dict[str, np.ndarray], vectors: np.ndarray,
-                    thresholds: dict[str, int], alignments: dict, tiers: tuple) -> np.ndarray:
+                    thresholds: dict[str, int], alignments: dict, align) -> np.ndarray:
     """Edges (2, k) of the embedding stage (see embedding_match). Searched from the hash side
-    (pairs with every kind within the widest tier's bits, then their cosines): the same
-    pairs as a cosine search confirmed by hashes, without an n x n similarity matrix (12 s for
-    4,165 images under load, against under 1 s)."""
+    (pairs with every kind within the widest bound, then their cosines): the same pairs as a
+    cosine search confirmed by hashes, without an n x n similarity matrix (12 s for 4,165
+    images under load, against under 1 s)."""
     kind = next(iter(thresholds))
-    widest = max(loose_bounds(thresholds, bits)[kind] for _, bits in tiers)
+    widest = max(loose_bounds(thresholds, bits)[kind] for _, bits in CANDIDATE_TIERS)
     i, j = candidate_pairs(hashes, kind, widest, alignments)
     within = hash_matches(i, j, hashes, loose_bounds(thresholds, widest), alignments)["match"]
     i, j = i[within.to_numpy()], j[within.to_numpy()]
-    match = embedding_match(i, j, hashes, vectors, thresholds, alignments, tiers)[0]
+    match = embedding_match(i, j, hashes, vectors, thresholds, alignments, align)[0]
     return np.array([i[match], j[match]], dtype=np.int64).reshape(2, -1)
 
 
@@ -285,7 +305,7 @@ def _bits_text(relation: pd.DataFrame, kinds: list[str]) -> np.ndarray:
 
 def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[str, np.ndarray],
                         thresholds: dict[str, int], alignments: dict, digests: np.ndarray,
-                        vectors: np.ndarray | None, tiers: tuple) -> pd.DataFrame:
+                        vectors: np.ndarray | None, align) -> pd.DataFrame:
     """dup_of, dup_distance and dup_reason: how each copy matches its group's keeper, by the
     rule that decided it and its figures ('mirrored: phash 4, dhash 3 bits')."""
     kinds = list(thresholds)
@@ -299,14 +319,15 @@ def _relation_to_keeper(groups: pd.DataFrame, rows: pd.DataFrame, hashes: dict[s
     reason = np.where(rel["match"], rel["alignment"].to_numpy(object) + ": "
                       + _bits_text(rel, kinds), None)
     linked = ~exact & ~rel["match"].to_numpy()
-    if vectors is not None:
-        match, cosine, close = embedding_match(every, keeper_row, hashes, vectors, thresholds,
-                                               full_share(alignments), tiers)
-        embedded = linked & match
-        reason = np.where(embedded, "embedding: cosine " + pd.Series(cosine).map("{:.3f}".format)
-                          .to_numpy(object) + ", " + _bits_text(close, kinds) + " "
-                          + close["alignment"].to_numpy(object), reason)
-        linked &= ~embedded
+    at = np.flatnonzero(linked)
+    if vectors is not None and len(at):
+        match, cosine, scores, close = embedding_match(at, keeper_row[at], hashes, vectors,
+                                                       thresholds, full_share(alignments), align)
+        text = ("embedding: cosine " + pd.Series(cosine).map("{:.3f}".format) + ", aligned "
+                + pd.Series(scores).map("{:.2f}".format) + ", ").to_numpy(object)
+        reason[at[match]] = (text + _bits_text(close, kinds) + " "
+                             + close["alignment"].to_numpy(object))[match]
+        linked[at[match]] = False
     reason = np.where(linked, rel["alignment"].to_numpy(object) + ": " + _bits_text(rel, kinds)
                       + LINKED, reason)
     reason = np.where(exact, np.where(same_bytes, "exact: same bytes", "exact: same pixels"),

@@ -15,8 +15,8 @@ import pandas as pd
 
 from curation.cluster import cluster_setting
 from curation.config import ConfigError, DatasetConfig
-from curation.dedupe.embedding import (CONFIRM_BITS, EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE,
-                                       GROUP_BITS, MIN_COSINE)
+from curation.dedupe.embedding import CANDIDATE_TIERS, GROUP_BITS, MIN_ALIGNMENT, NOT_ALIGNED
+from curation.dedupe.geometry import THUMB_SIDE, thumbnails
 from curation.dedupe.grouping import (DEFAULT_KINDS, LINKED, PIXEL_CHECK_RADIUS, group_duplicates,
                                       thresholds_for)
 from curation.dedupe.hamming import BYTES_PER_PAIR
@@ -69,7 +69,8 @@ SHEET_LEGEND = (
     "Each row is one duplicate group; the first picture is the one kept (KEEP WxH). Other "
     "captions say how a copy matches it:",
     "exact same bytes / same pixels = an exact copy; near, cropped, mirrored(+cropped) pN dN = "
-    "bits of each perceptual hash apart in that alignment; embedding cos C = embeddings alike;",
+    "bits of each perceptual hash apart in that alignment; embedding cos C al A = embeddings "
+    "alike and one picture found in the other (A: its correlation);",
     "* = matches the keeper only through other copies (a chain): it may show a different "
     "picture. MIXED LABELS = members are filed under different classes.",
 )
@@ -122,7 +123,7 @@ def _caption(reason: str) -> str:
     rule, _, figures = str(reason).replace(LINKED, "").partition(": ")
     short = (figures.replace("phash ", "p").replace("dhash ", "d").replace("whash ", "w")
              .replace("ahash ", "a").replace(" bits", "").replace(",", "")
-             .replace("cosine ", "cos "))
+             .replace("cosine ", "cos ").replace("aligned ", "al "))
     return f"{rule} {short}" + (" *" if LINKED in str(reason) else "")
 
 
@@ -214,7 +215,9 @@ def run(work: Workdir, settings: Settings) -> dict:
     group_started = time.time()
     result = group_duplicates(rows, hash_arrays, thresholds, mirror=settings.mirror,
                               pixel_digest=digest if settings.pixel_check else None,
-                              vectors=vectors,
+                              vectors=vectors, thumbnails=lambda index: thumbnails(
+                                  [str(root / p) for p in rows["path"].to_numpy()[index]],
+                                  workers=settings.workers, quiet=work.quiet),
                               max_pairs=settings.search_memory * 2**20 // BYTES_PER_PAIR)
     group_seconds = time.time() - group_started
     new = manifest[["path"]].merge(hashes.astype({c: "string" for c in columns}),
@@ -267,8 +270,8 @@ def embeddings_for(work: Workdir, rows: pd.DataFrame,
     return run.vectors, {"used": True, "backbone": embed_settings.backbone,
                          "computed": run.computed, "reused": run.reused,
                          "failed": len(run.failed), "seconds": round(run.seconds, 2),
-                         "cache_file": str(run.cache_file), "min_cosine": MIN_COSINE,
-                         "confirm_bits": CONFIRM_BITS}
+                         "cache_file": str(run.cache_file), "candidates": [list(t) for t in CANDIDATE_TIERS],
+                         "min_alignment": MIN_ALIGNMENT}
 
 
 def dedupe(config: DatasetConfig, workdir: Path, *, quiet: bool = False, **settings) -> dict:
@@ -312,9 +315,9 @@ def _describe_embeddings(embedding: dict) -> str:
     if not embedding["used"]:
         return (f"hash-only (no embedding stage: {embedding['reason']}); copies edited several "
                 f"ways at once (mirrored and cropped and re-saved) may be missed")
-    return (f"embedding stage: {embedding['backbone']}, cosine >= {embedding['min_cosine']} "
-            f"confirmed by hashes within {embedding['confirm_bits']} bits (>= "
-            f"{EMBEDDED_GROUP_COSINE} within {EMBEDDED_GROUP_BITS}); embedded "
+    tiers = " or ".join(f"cosine >= {c} within {b} bits" for c, b in embedding["candidates"])
+    return (f"embedding stage: {embedding['backbone']}, candidates at {tiers}, confirmed by "
+            f"the geometric check (aligned >= {embedding['min_alignment']}); embedded "
             f"{embedding['computed']}, reused {embedding['reused']} from the cache")
 
 
@@ -332,8 +335,8 @@ def describe(summary: dict) -> str:
     chains = summary["chains_cut"]
     if chains["groups_cut"]:
         lines.append(f"{chains['groups_cut']} chained groups (largest {chains['largest_cut']}) "
-                     f"were cut into {chains['pieces']}: their members were not all within "
-                     f"{chains['group_bits']} bits of each other (dupes.csv: split)")
+                     f"were cut into {chains['pieces']}: their members were not all alike (within "
+                     f"{chains['group_bits']} bits, or found in each other; dupes.csv: split)")
     if summary["by_reason"]:
         lines.append("copies by reason: "
                      + ", ".join(f"{k} {v}" for k, v in summary["by_reason"].items()))
@@ -378,6 +381,6 @@ STEP = Step("dedupe", Settings, run, describe, help=HELP, needs=tuple(_SCAN_NEED
             adds=(*DEDUPE_COLUMNS, "dup_reason", "dup_keeper_reason", "dup_split"),
             outputs=("dupes.csv",),
             constants={"hash_method": HASH_METHOD, "pixel_check_radius": PIXEL_CHECK_RADIUS,
-                       "min_cosine": MIN_COSINE, "confirm_bits": CONFIRM_BITS,
-                       "group_bits": GROUP_BITS,
-                       "embedded_group": [EMBEDDED_GROUP_BITS, EMBEDDED_GROUP_COSINE]})
+                       "candidate_tiers": [list(t) for t in CANDIDATE_TIERS],
+                       "min_alignment": MIN_ALIGNMENT, "not_aligned": NOT_ALIGNED,
+                       "thumb_side": THUMB_SIDE, "group_bits": GROUP_BITS})
