@@ -33,6 +33,7 @@ import pandas as pd
 
 from curation.config import resolve_dataset
 from curation.dedupe.evaluation import plant
+from curation.embed.engines import ENGINES
 from curation.images import image_files
 from curation.manifest import read_manifest
 from curation.review.fiftyone_db import free_port
@@ -43,6 +44,7 @@ from training.check import Checker, assign_verdicts
 from training.check import swapped_claims as all_swaps
 from training.claims import check_files
 from training.data import encode_labels, label_series
+from training.predict import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"wrong_model_recall": 0.9, "wrong_model_false_alarm_max": 0.02, "non_car_recall": 0.98,
@@ -117,16 +119,14 @@ def reused(checker: Checker, catalogue_rows: pd.DataFrame, test_rows: pd.DataFra
                 [r["verdict"] == "duplicate" for r in fresh_results])), 4)}
 
 
-def model_only_rate(checker: Checker, payloads: list, batch: int = 4,
-                    seconds: float = 10.0) -> float:
-    """Photos/s of the model alone (decoded pixels, flip-averaged, batches of `batch`) in this
-    process: the ceiling the server's rate is compared with under the same machine load."""
-    pixels = np.stack([checker.read("p", data).pixels for data, _ in payloads[:batch]])
-    checker.predictor.warm_up(batch)
+def model_only_rate(predictor: Predictor, pixels: np.ndarray, seconds: float = 10.0) -> float:
+    """Photos/s of the model alone (decoded pixels, flip-averaged, one batch of pixels per
+    call) in this process: the ceiling the server's rate is compared with under the same load."""
+    predictor.warm_up(len(pixels))
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        checker.predictor.scores_in_memory(pixels)
-        done += batch
+        predictor.scores_in_memory(pixels)
+        done += len(pixels)
     return round(done / (time.perf_counter() - started), 1)
 
 
@@ -225,10 +225,12 @@ def main() -> None:
     if not args.no_load:
         payloads = [((config.root / p).read_bytes(), label)
                     for p, label in zip(test_rows["path"], test_rows["label"])]
-        model_rate = model_only_rate(checker, payloads)
+        pixels = np.stack([checker.read("p", data).pixels for data, _ in payloads[:4]])
+        rates = {f"model_only_{engine}_photos_per_second": model_only_rate(
+            Predictor(args.workdir / "model", engine=engine), pixels) for engine in ENGINES}
         out["load"] = load_test(args.workdir / "model", args.dataset, args.workdir, payloads,
                                 requests=args.requests, clients=args.clients, timeout=args.timeout)
-        out["load"]["model_only_photos_per_second"] = model_rate
+        out["load"].update(rates, engine=checker.predictor.engine)
     out["met"] = {
         "wrong_model_recall": out["swapped_claims"]["draw"]["wrong_model_recall"] >= 0.9,
         "wrong_model_false_alarm": out["swapped_claims"]["draw"]["wrong_model_false_alarm"] <= 0.02,

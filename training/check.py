@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from curation.config import ConfigError, resolve_dataset
+from curation.embed.engines import default_engine
 from curation.dedupe.hashing import DECODE_MIN_SIDE, gray_hashes
-from curation.images import ImageError, load_array, load_gray
+from curation.images import ImageError, load_gray, load_rgb
 from curation.manifest import atomic_write_json, read_manifest
 
 from .catalogue import Catalogue, crop_variants
@@ -116,10 +117,11 @@ class Upload:
 
 
 def read_upload(name: str, data: bytes, image_size: int, kinds=()) -> Upload:
-    """Decode bytes in memory (bomb guard from the header) for the model and, when a catalogue
+    """Decode bytes in memory (bomb guard from the header) for the model (JPEGs at reduced DCT
+    scale: load_rgb, ~2x load_array's rate, same accuracy on test photos) and, when a catalogue
     is searched, its perceptual hashes: the same small luma decode dedupe hashes."""
     try:
-        pixels = load_array(data, image_size)
+        pixels = load_rgb(data, image_size)
         gray = load_gray(data, min_side=DECODE_MIN_SIDE) if kinds else None
     except ImageError as exc:
         return Upload(name, error=str(exc))
@@ -154,9 +156,10 @@ class Checker:
     """A model folder (and optionally a catalogue), loaded once: verdicts for batches of uploads."""
 
     def __init__(self, model_dir: Path, *, catalogue: Catalogue | None = None,
-                 workdir: Path | None = None, root: Path | None = None):
+                 workdir: Path | None = None, root: Path | None = None,
+                 engine: str | None = None):
         model_dir = Path(model_dir)
-        self.predictor = Predictor(model_dir)
+        self.predictor = Predictor(model_dir, engine=engine or default_engine())
         self.catalogue = catalogue
         self.rule = self.predictor.calibration.get("wrong_model")
         if self.rule is None:

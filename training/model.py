@@ -68,9 +68,13 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-    """images -> (pooled embedding, class probabilities), sharing the classifier's weights."""
+    """images -> (pooled embedding, class probabilities), sharing the classifier's weights; for
+    inference only: it starts after the augmentation (a no-op outside training, and random ops
+    that ONNX cannot export)."""
     features = model.get_layer(FEATURES_LAYER).input
-    return keras.Model(model.inputs, [features, model.outputs[0]])
+    names = [layer.name for layer in model.layers]
+    inputs = model.get_layer(AUGMENT_LAYER).output if AUGMENT_LAYER in names else model.inputs
+    return keras.Model(inputs, [features, model.outputs[0]])
 
 
 def head_model(model: keras.Model) -> keras.Model:

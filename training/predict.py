@@ -17,6 +17,7 @@ from curation.errors import ModelMissing
 from curation.vocabulary import centre_distance, unit_rows
 
 from .data import PixelBatches
+from .forward import forward_pass
 from .model import feature_model, load_classifier
 from .progress import progress_callbacks
 
@@ -116,12 +117,14 @@ def flip_averaged(model, pixels: np.ndarray, slots: np.ndarray | None = None, *,
 
 
 class Predictor:
-    """A trained model folder, loaded once: probabilities, OOD distances and verdicts for images."""
+    """A trained model folder, loaded once: probabilities, OOD distances and verdicts for images.
+    engine (forward.py's onnx or keras) runs scores_in_memory, the serving path."""
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, *, engine: str = "keras"):
         self.info, self.calibration, self.means = read_model_info(model_dir)
         self.classes, self.image_size = self.info["classes"], self.info["image_size"]
         self.model = feature_model(load_classifier(Path(model_dir) / "model.keras"))
+        self.engine, self._forward = forward_pass(model_dir, self.model, engine)
 
     def scores(self, pixels: np.ndarray, slots: np.ndarray | None = None, *, batch_size: int = 32,
                label: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -132,23 +135,18 @@ class Predictor:
 
     def scores_in_memory(self, pixels: np.ndarray, *, batch_size: int = 32
                          ) -> tuple[np.ndarray, np.ndarray]:
-        """scores() for a few images already in memory: each chunk and its mirror in one
-        predict_on_batch call, without the dataset pipeline's per-call overhead (for serving).
-        Chunks are padded to a power of two, so the model traces only a few batch shapes."""
+        """scores() for a few images already in memory (for serving): each chunk and its
+        mirror in one call of the engine, without the dataset pipeline's per-call overhead."""
         features, probs = [], []
         for start in range(0, len(pixels), batch_size):
             chunk = np.asarray(pixels[start:start + batch_size], dtype=np.float32)
-            n, padded = len(chunk), 1 << (len(chunk) - 1).bit_length()
-            chunk = np.concatenate([chunk, np.zeros((padded - n, *chunk.shape[1:]), np.float32)])
-            f, p = self.model.predict_on_batch(np.concatenate([chunk, chunk[:, :, ::-1]]))
-            f, p = np.asarray(f, np.float32), np.asarray(p, np.float32)
-            features.append((f[:n] + f[padded:padded + n]) / 2)
-            probs.append((p[:n] + p[padded:padded + n]) / 2)
-        features = np.concatenate(features)
-        return np.concatenate(probs), ood_distance(features, self.means)
+            f, p = self._forward(np.concatenate([chunk, chunk[:, :, ::-1]]))
+            features.append((f[:len(chunk)] + f[len(chunk):]) / 2)
+            probs.append((p[:len(chunk)] + p[len(chunk):]) / 2)
+        return np.concatenate(probs), ood_distance(np.concatenate(features), self.means)
 
     def warm_up(self, max_batch: int = 32) -> None:
-        """Trace scores_in_memory's batch shapes (1, 2, 4, ... max_batch) before the first
+        """Run scores_in_memory's batch shapes (1, 2, 4, ... max_batch) before the first
         request, so no request waits for a compilation."""
         blank = np.zeros((max_batch, self.image_size, self.image_size, 3), np.uint8)
         size = 1

@@ -91,24 +91,32 @@ def _keras_engine(backbone: str, weights: str | None, image_size: int, seed: int
 
 @functools.lru_cache(maxsize=2)
 def _onnx_engine(backbone: str, weights: str | None, image_size: int, seed: int) -> Engine:
-    session = _session(onnx_path(backbone, weights, image_size, seed),
-                       lambda out: export_onnx(backbone, weights, image_size, out, seed))
+    run = sliced_runner(onnx_session(onnx_path(backbone, weights, image_size, seed),
+                                     lambda out: export_onnx(backbone, weights, image_size, out,
+                                                             seed)))
+    return Engine("onnx", lambda images: run(images)[0])
+
+
+def sliced_runner(session) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """A batch (n, h, w, 3) -> every float32 output of `session`: the batch is cut into one
+    slice per core and the slices run at once (session.run releases the GIL and is safe to
+    call from several threads)."""
     name = session.get_inputs()[0].name
     threads = cores()
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnx")
 
-    def one(images: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: images.astype(np.float32)})[0]
+    def one(images: np.ndarray) -> list[np.ndarray]:
+        return session.run(None, {name: images.astype(np.float32)})
 
-    def run(images: np.ndarray) -> np.ndarray:
-        # session.run releases the GIL and is safe to call from several threads at once
-        slices = np.array_split(images, min(threads, len(images)))
-        return np.concatenate(list(pool.map(one, slices))).astype(np.float32, copy=False)
+    def run(images: np.ndarray) -> list[np.ndarray]:
+        parts = list(pool.map(one, np.array_split(images, min(threads, len(images)))))
+        return [np.concatenate([part[k] for part in parts]).astype(np.float32, copy=False)
+                for k in range(len(parts[0]))]
 
-    return Engine("onnx", run)
+    return run
 
 
-def _session(path: Path, export: Callable[[Path], Path]):
+def onnx_session(path: Path, export: Callable[[Path], Path]):
     """An ONNX Runtime session on `path`, exported first when absent. A failed export is
     remembered beside it (`.failed`, with the reason) so later runs do not try again."""
     import onnxruntime

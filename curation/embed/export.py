@@ -61,6 +61,11 @@ def export_onnx(backbone: str, weights: str | None, image_size: int, out: Path,
 
     model = embedding_model(backbone, weights, image_size, seed)
     model.predict_on_batch(np.zeros((1, image_size, image_size, 3), np.float32))  # build it
+    return export_keras(model, out)
+
+
+def export_keras(model, out: Path) -> Path:
+    """Write a built Keras model to `out` (atomically) as ONNX, with Keras's own export (tf2onnx)."""
 
     def write(tmp: Path) -> None:
         # tf2onnx warns about NumPy 2 and prints "Saved artifact": keep stdout clean for --json
