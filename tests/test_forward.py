@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from curation.images import load_rgb
+from curation.images import load_array
 from training.forward import onnx_file
 from training.predict import Predictor
 
@@ -78,5 +78,5 @@ def test_onnx_matches_keras_on_real_photos_with_imagenet_weights(tmp_path, curat
                                                                  curate_weights):
     folder = _classifier(tmp_path / "model", "mobilenet_v2", "imagenet", 96, classes=5)
     paths = sorted((curate_data / "stanford-cars-25").rglob("*.jpg"))[::97][:6]
-    _, probs = _same_scores(folder, np.stack([load_rgb(p, 96) for p in paths]))
+    _, probs = _same_scores(folder, np.stack([load_array(p, 96) for p in paths]))
     assert probs.max(axis=1).min() < 0.999   # a real, undecided head: the check is not vacuous
