@@ -8,7 +8,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,10 +16,13 @@ import pandas as pd
 from curation.embed.cache import (aligned, cache_file, merge, read_cache, representatives,
                                   write_cache, write_checkpoint)
 from curation.config import BACKBONES
+from curation import cluster
 from curation.embed.engines import ENGINES, default_engine, embed_views, get_engine
+from curation.embed.on_dask import Embedded, embed_on_dask
 from curation.embed.pipeline import decoded_batches
 from curation.manifest import IDENTITY_COLUMNS, file_identity
 from curation.parallel import default_workers, progress_bar
+from curation.cluster import cluster_setting
 from curation.settings import setting
 
 CHECKPOINT_IMAGES = 512   # a killed run loses at most this many embedded images
@@ -45,8 +48,10 @@ class EmbedSettings:
                                  choices=ENGINES, result=False)
     batch_size: int = setting(32, "Images per embedding batch.", low=1, high=1024,
                               result=False, run_flag="--embed-batch-size")
-    workers: int | None = setting(None, "Image-decoding processes (default: cores).", kind=int,
-                                  low=1, high=256, result=False)
+    workers: int | None = setting(None, "Image-decoding processes, or with --cluster local the "
+                                  "Dask workers (default: cores).", kind=int, low=1, high=256,
+                                  result=False)
+    cluster: str | None = cluster_setting()
     seed: int = setting(0, "Random seed: same seed, same result (embeddings: random-init "
                         "weights only).")
 
@@ -88,25 +93,25 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
     engine_name = None
     if todo:
         identity = wanted.drop_duplicates("path").set_index("path")
-        batches = decoded_batches(todo, [Path(root) / p if root else Path(p) for p in todo],
-                                  s.image_size, s.batch_size,
-                                  workers=s.workers or default_workers())
-        first = next(batches)   # decoding starts before the model loads, and overlaps it
-        engine = get_engine(s.engine_name, s.backbone, s.weights, s.image_size, s.seed)
-        engine_name = engine.name
-        bar = progress_bar(total=len(todo), desc=f"embed ({engine.name})", unit="img",
-                           quiet=quiet)
+        paths = [Path(root) / p if root else Path(p) for p in todo]
+        client = cluster.active()
+        chunks = embed_on_dask(client, todo, paths, s) if client else _embed_here(todo, paths, s)
+        bar = None
         done, pending = [], []          # (names, vectors) of this run; not yet checkpointed
-        for batch in itertools.chain([first], batches):
-            failed.update(batch.failed)
-            if batch.decoded:
-                pending.append((batch.decoded, embed_views(engine, batch.pixels, tta=s.tta)))
-            bar.update(len(batch.names))
+        for chunk in chunks:            # merged into the cache as each batch/partition finishes
+            engine_name = chunk.engine
+            bar = bar or progress_bar(total=len(todo), desc=f"embed ({chunk.engine})",
+                                      unit="img", quiet=quiet)
+            failed.update(chunk.failed)
+            if chunk.names:
+                pending.append((chunk.names, chunk.vectors))
+            bar.update(chunk.files)
             if sum(len(names) for names, _ in pending) >= checkpoint_every:
                 write_checkpoint(path, *_rows(pending, identity))
                 done.extend(pending)
                 pending = []
-        bar.close()
+        if bar is not None:
+            bar.close()
         keys, vectors = merge(keys, vectors, *_rows(done + pending, identity))
         write_cache(path, keys, vectors)
     return EmbeddingRun(aligned(wanted, keys, vectors), path, engine_name,
@@ -114,14 +119,28 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
                         seconds=time.time() - started, failed=failed)
 
 
+def _embed_here(todo: list[str], paths: list[Path], s: EmbedSettings) -> Iterator[Embedded]:
+    """Batches embedded in this process, decoded ahead by worker processes (pipeline.py)."""
+    batches = decoded_batches(todo, paths, s.image_size, s.batch_size,
+                              workers=s.workers or default_workers())
+    first = next(batches)   # decoding starts before the model loads, and overlaps it
+    engine = get_engine(s.engine_name, s.backbone, s.weights, s.image_size, s.seed)
+    for batch in itertools.chain([first], batches):
+        vectors = embed_views(engine, batch.pixels, tta=s.tta) if batch.decoded else None
+        yield Embedded(batch.decoded, vectors, batch.failed, len(batch.names), engine.name)
+
+
 def _rows(embedded: list[tuple[list[str], np.ndarray]],
           identity: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Cache keys (path, bytes, mtime) and stacked vectors of (names, vectors) pairs."""
+    """Cache keys (path, bytes, mtime) and stacked vectors of (names, vectors) pairs, in path
+    order (so the cache file is the same whichever order batches or partitions finished in)."""
     names = [name for batch, _ in embedded for name in batch]
     keys = identity.loc[names, ["bytes", "mtime"]].reset_index(names="path")
     width = embedded[0][1].shape[1] if embedded else 0
     vectors = np.concatenate([v for _, v in embedded]) if embedded else np.zeros((0, width))
-    return keys[IDENTITY_COLUMNS], vectors.astype(np.float32)
+    order = np.argsort(np.asarray(names, dtype=object), kind="stable")
+    return (keys[IDENTITY_COLUMNS].iloc[order].reset_index(drop=True),
+            vectors[order].astype(np.float32))
 
 
 def embed_manifest(manifest: pd.DataFrame, root: Path, workdir: Path, *,

@@ -9,6 +9,7 @@ out as graph inputs) runs on keras, said once on stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -49,12 +50,13 @@ def default_engine() -> str:
 
 
 def get_engine(name: str, backbone: str, weights: str | None, image_size: int,
-               seed: int = 0) -> Engine:
+               seed: int = 0, threads: int | None = None) -> Engine:
     """The engine `name` (one of ENGINES) for these settings, built once per process; onnx falls
-    back to keras when the backbone cannot be exported."""
+    back to keras when the backbone cannot be exported. threads: onnx's concurrent session calls
+    (default: the cores; 1 in a Dask worker, whose siblings fill the other cores)."""
     if name == "onnx":
         try:
-            return _onnx_engine(backbone, weights, image_size, seed)
+            return _onnx_engine(backbone, weights, image_size, seed, threads or cores())
         except ExportFailed as exc:
             print(f"onnx engine unavailable for {backbone} ({exc}); using keras", file=sys.stderr)
     return _keras_engine(backbone, weights, image_size, seed)
@@ -80,12 +82,22 @@ def _keras_engine(backbone: str, weights: str | None, image_size: int, seed: int
     return Engine("keras", run)
 
 
+def prepare(name: str, backbone: str, weights: str | None, image_size: int,
+            seed: int = 0) -> None:
+    """Make the onnx engine's export now, in this process, when it is missing: Dask workers that
+    share this machine's cache folder then load it instead of each exporting it at once."""
+    if name == "onnx":
+        with contextlib.suppress(ExportFailed):   # the workers run keras and say so
+            _exported(onnx_path(backbone, weights, image_size, seed),
+                      lambda out: export_onnx(backbone, weights, image_size, out, seed))
+
+
 @functools.lru_cache(maxsize=2)
-def _onnx_engine(backbone: str, weights: str | None, image_size: int, seed: int) -> Engine:
+def _onnx_engine(backbone: str, weights: str | None, image_size: int, seed: int,
+                 threads: int) -> Engine:
     session = _session(onnx_path(backbone, weights, image_size, seed),
                        lambda out: export_onnx(backbone, weights, image_size, out, seed))
     name = session.get_inputs()[0].name
-    threads = cores()
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnx")
 
     def one(images: np.ndarray) -> np.ndarray:
@@ -99,11 +111,9 @@ def _onnx_engine(backbone: str, weights: str | None, image_size: int, seed: int)
     return Engine("onnx", run)
 
 
-def _session(path: Path, export: Callable[[Path], Path]):
-    """An ONNX Runtime session on `path`, exported first when absent. A failed export is
-    remembered beside it (`.failed`, with the reason) so later runs do not try again."""
-    import onnxruntime
-
+def _exported(path: Path, export: Callable[[Path], Path]) -> Path:
+    """`path`, exported first when absent. A failed export is remembered beside it (`.failed`,
+    with the reason) so later runs do not try again."""
     failed = path.with_suffix(".failed")
     if failed.exists():
         raise ExportFailed(failed.read_text().strip())
@@ -113,6 +123,15 @@ def _session(path: Path, export: Callable[[Path], Path]):
         except Exception as exc:  # tf2onnx raises many types for graphs it cannot convert
             atomic_write_text(failed, f"export failed: {type(exc).__name__}: {exc}"[:300])
             raise ExportFailed(failed.read_text()) from None
+    return path
+
+
+def _session(path: Path, export: Callable[[Path], Path]):
+    """An ONNX Runtime session on `path` (exported first when absent), one thread per call."""
+    import onnxruntime
+
+    failed = path.with_suffix(".failed")
+    _exported(path, export)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
