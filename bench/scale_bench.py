@@ -1,5 +1,6 @@
-"""Scale bench: scan and hash-only dedupe of 10k-200k generated photos, with the in-process pool
-and with --cluster local (Dask); seconds, images/s and peak memory per step and size as JSON.
+"""Scale bench: scan and hash-only dedupe of 10k-200k generated photos, and embed on a 5k subset,
+with the in-process pool and with --cluster local (Dask); seconds, images/s and peak memory per
+step and size as JSON.
 
 Each generated JPEG is a random crop of one shared photo with a random inset from another,
 scaled, colour-shifted and re-encoded at a random quality, so no two are near-duplicates except
@@ -10,6 +11,9 @@ workdir; memory is the peak of the summed RSS of that process and all its childr
 Dask workers), sampled every 0.2 s. Example:
     CURATE_DATA=../shared/data python bench/scale_bench.py --sizes 10000 --data-dir /tmp/scale
     python bench/scale_bench.py --sizes 10000,50000,200000 --data-dir /data/scale   # idle machine
+Dedupe runs hash-only (--embeddings off). `curate embed` is timed on --embed-subset files (after an
+untimed scan) with each engine and extrapolated per image to every size. --build-only generates
+the photos and stops (a one-off job; run it ahead, e.g. under `nice -n 19`).
 """
 from __future__ import annotations
 
@@ -127,8 +131,8 @@ def measure(root: Path, size: int, engine: str, work: Path) -> dict:
     """Scan then hash-only dedupe of root on a fresh workdir with one engine."""
     workdir = work / f"{engine}-{size}"
     steps = {}
-    for step in ("scan", "dedupe"):
-        run = timed([step, str(root), "--workdir", str(workdir), *ENGINES[engine]])
+    for step, extra in (("scan", []), ("dedupe", ["--embeddings", "off"])):   # hash-only
+        run = timed([step, str(root), "--workdir", str(workdir), *extra, *ENGINES[engine]])
         steps[step] = {"seconds": run["seconds"], "images_per_second": round(size / run["seconds"], 1),
                        "peak_rss_mb": run["peak_rss_mb"], "peak_main_rss_mb": run["peak_main_rss_mb"]}
         if step == "dedupe":
@@ -138,6 +142,19 @@ def measure(root: Path, size: int, engine: str, work: Path) -> dict:
                                group_seconds=summary["group_seconds"])
     steps["scan+dedupe_seconds"] = round(steps["scan"]["seconds"] + steps["dedupe"]["seconds"], 1)
     return steps
+
+
+def measure_embed(root: Path, size: int, engine: str, work: Path, sizes: list[int]) -> dict:
+    """`curate embed` (default engine, mirror views) of root after an untimed scan, and its time
+    extrapolated per image to each of `sizes`."""
+    workdir = work / f"embed-{engine}-{size}"
+    timed(["scan", str(root), "--workdir", str(workdir)])
+    run = timed(["embed", str(root), "--workdir", str(workdir), *ENGINES[engine]])
+    per_image = run["seconds"] / size
+    return {"seconds": run["seconds"], "images_per_second": round(size / run["seconds"], 1),
+            "peak_rss_mb": run["peak_rss_mb"], "peak_main_rss_mb": run["peak_main_rss_mb"],
+            "engine": run["summary"]["engine"], "computed": run["summary"]["computed"],
+            "extrapolated_seconds": {s: round(per_image * s) for s in sizes}}
 
 
 def growth(results: dict) -> dict:
@@ -162,11 +179,19 @@ def main() -> None:
     parser.add_argument("--sources", type=Path, default=None,
                         help="folder of photos to generate from (default: $CURATE_DATA)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="pool, dask-local")
+    parser.add_argument("--embed-subset", type=int, default=5000,
+                        help="files `curate embed` is timed on (0: no embed timing)")
+    parser.add_argument("--build-only", action="store_true",
+                        help="only generate the photos into --data-dir (a one-off job)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     engines = args.engines.split(",")
     sources = source_photos(args.sources or data_dir())
+    if args.build_only:
+        for size in sorted({*sizes, args.embed_subset} - {0}):
+            build(args.data_dir, sources, size)
+        return
     results, built = {}, {}
     for size in sizes:
         started = time.perf_counter()
@@ -175,7 +200,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="scale-") as work:
             results[size] = {engine: measure(root, size, engine, Path(work)) for engine in engines}
             print(json.dumps({size: results[size]}), file=sys.stderr)
-    report = {"sizes": results, "build_seconds": built,
+    embed = {}
+    if args.embed_subset:
+        root = build(args.data_dir, sources, args.embed_subset)
+        with tempfile.TemporaryDirectory(prefix="scale-") as work:
+            embed = {engine: measure_embed(root, args.embed_subset, engine, Path(work), sizes)
+                     for engine in engines}
+        print(json.dumps({"embed": embed}), file=sys.stderr)
+    report = {"sizes": results, "embed": embed, "build_seconds": built,
               "machine": {"cores": os.cpu_count(), "load_before": load_before,
                           "python": platform.python_version()},
               "load_after": os.getloadavg()}

@@ -14,10 +14,12 @@ import contextlib
 import contextvars
 import logging
 import math
+import sys
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from curation.config import parse_cluster
 from curation.errors import CurateError
+from curation.lifecycle import checked
 from curation.settings import setting
 
 T = TypeVar("T")
@@ -28,6 +30,7 @@ MIN_PARTITION = 16       # files per Dask task, at least (small runs)
 LOCAL = "local"
 CONNECT_TIMEOUT = "20s"  # how long a tcp:// scheduler may take to answer
 _active: contextvars.ContextVar = contextvars.ContextVar("curate_dask_client", default=None)
+_kept: contextvars.ContextVar = contextvars.ContextVar("curate_dask_kept", default=None)
 
 
 class ClusterUnreachable(CurateError):
@@ -65,10 +68,35 @@ def partitions(items: Sequence[T], size: int) -> list[list[T]]:
     return [list(items[start:start + size]) for start in range(0, len(items), size)]
 
 
+def workers_of(client) -> int:
+    """How many workers the client's scheduler has now (at least 1)."""
+    return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+
+
+def split(client, items: Sequence[T]) -> list[list[T]]:
+    """items cut into partitions sized for the client's workers (partition_size)."""
+    return partitions(items, partition_size(len(items), workers_of(client)))
+
+
 def run_partition(func: Callable[[T], R], items: list[T]) -> list[R]:
     """One Dask task: func over a partition. Dask's nanny already starts each worker with one
     BLAS/OpenMP thread (its pre-spawn-environ), as the in-process pool's initializer does."""
     return [func(item) for item in items]
+
+
+def as_done(client, func: Callable[[list[T]], R], parts: Sequence[list[T]]
+            ) -> Iterator[tuple[int, R]]:
+    """func over each partition on a Dask client: (partition number, result) as each finishes.
+    Partitions not yet run are cancelled when the consumer stops early or raises."""
+    from distributed import as_completed
+
+    futures = client.map(func, parts, pure=False)
+    number = {future.key: index for index, future in enumerate(futures)}
+    try:
+        for future in checked(as_completed(futures)):
+            yield number[future.key], future.result()
+    finally:
+        client.cancel([future for future in futures if not future.done()])
 
 
 @contextlib.contextmanager
@@ -77,7 +105,7 @@ def engine(address: str | None, *, workers: int | None = None) -> Iterator[objec
     if address is None or active() is not None:
         yield active()
         return
-    with _client(address, workers) as client:
+    with _connected(address, workers) as client:
         token = _active.set(client)
         try:
             yield client
@@ -86,13 +114,39 @@ def engine(address: str | None, *, workers: int | None = None) -> Iterator[objec
 
 
 @contextlib.contextmanager
+def kept() -> Iterator[None]:
+    """Inside: a cluster an `engine` connects to stays up until the end, for every later engine
+    asking for the same address and workers (`curate run`: one LocalCluster for the pipeline,
+    not one per step)."""
+    with contextlib.ExitStack() as stack:
+        token = _kept.set((stack, {}))
+        try:
+            yield
+        finally:
+            _kept.reset(token)
+
+
+def _connected(address: str, workers: int | None) -> contextlib.AbstractContextManager:
+    """A client for address: the one a `kept` context already holds, else a new one."""
+    if _kept.get() is None:
+        return _client(address, workers)
+    stack, clients = _kept.get()
+    key = (address, workers if address == LOCAL else None)
+    if key not in clients:
+        clients[key] = stack.enter_context(_client(address, workers))
+    return contextlib.nullcontext(clients[key])
+
+
+@contextlib.contextmanager
 def _client(address: str, workers: int | None) -> Iterator[object]:
     from distributed import Client, LocalCluster
 
     if address == LOCAL:   # n_workers None: one per core
-        with LocalCluster(n_workers=workers, threads_per_worker=1,
-                          processes=True, host="127.0.0.1", dashboard_address=None,
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        with _main_not_reimported():
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None,
+                                   silence_logs=logging.ERROR)
+        with cluster, Client(cluster) as client:
             yield client
         return
     try:
@@ -102,3 +156,19 @@ def _client(address: str, workers: int | None) -> Iterator[object]:
                                  f"start one with `dask scheduler` or use --cluster local") from None
     with client:
         yield client
+
+
+@contextlib.contextmanager
+def _main_not_reimported() -> Iterator[None]:
+    """While LocalCluster spawns its workers: multiprocessing's spawn re-runs the parent's
+    __main__ in each child (cli.py: all of curate, 4-5 s of imports per worker, measured) unless
+    __main__ has neither a file nor a module spec. A worker imports only the functions it is
+    sent; a worker its nanny restarts later does re-run __main__, which costs time, not results."""
+    main = sys.modules["__main__"]
+    saved = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)

@@ -5,6 +5,7 @@ instead of the in-process pool; results are the same either way.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -137,18 +138,11 @@ def map_files(func: Callable[[T], R], items: Sequence[T], *, workers: int | None
 def _on_dask(client, func: Callable[[T], R], items: Sequence[T], *, desc: str,
              quiet: bool) -> list[R]:
     """func over items on a Dask client, in partitions (cluster.partitions), results in order."""
-    from distributed import as_completed
-
-    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
-    parts = cluster.partitions(items, cluster.partition_size(len(items), workers))
-    futures = client.map(cluster.run_partition, [func] * len(parts), parts, pure=False)
-    sizes = {future.key: len(part) for future, part in zip(futures, parts)}
-    try:
-        with progress_bar(total=len(items), desc=desc, quiet=quiet) as bar:
-            for future in checked(as_completed(futures)):
-                bar.update(sizes[future.key])
-        results = client.gather(futures)
-    except BaseException:
-        client.cancel(futures)
-        raise
+    parts = cluster.split(client, items)
+    results: list = [None] * len(parts)
+    with progress_bar(total=len(items), desc=desc, quiet=quiet) as bar:
+        for number, result in cluster.as_done(client, functools.partial(cluster.run_partition,
+                                                                        func), parts):
+            results[number] = result
+            bar.update(len(result))
     return [result for part in results for result in part]

@@ -18,7 +18,7 @@ from typing import Callable
 
 import pandas as pd
 
-from curation import registry
+from curation import cluster, registry
 from curation.config import ConfigError, DatasetConfig
 from curation.errors import ManifestUnreadable
 from curation.manifest import ManifestMissing, read_manifest, read_run, workdir_lock
@@ -121,7 +121,7 @@ def run_pipeline(config: DatasetConfig, workdir: Path, *, until: str | None = No
     entries: list[dict] = []
     summary = {"dataset": config.name, "workdir": str(workdir.resolve()), "steps": entries,
                "from": from_step, "until": until}
-    with workdir_lock(workdir / "runs"):
+    with workdir_lock(workdir / "runs"), cluster.kept():   # one Dask cluster for all the steps
         plans = {name: planned(registry.BY_NAME[name], config, workdir,   # all checked first
                                given_for(registry.BY_NAME[name], settings))
                  for name in names if name not in leave_out}

@@ -2,6 +2,7 @@
 work re-run, no worker left behind after Ctrl-C, a remote scheduler reached by its address."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import psutil
 import pytest
@@ -18,6 +20,9 @@ from click.testing import CliRunner
 from cli import main
 from curation import cluster
 from curation.config import ConfigError, DatasetConfig, load_config
+from curation.embed import compute
+from curation.embed.cache import cache_file, read_cache
+from curation.embed.compute import EmbedSettings, embed_files
 from curation.manifest import read_manifest
 from curation.parallel import map_files
 from curation.settings import SettingError
@@ -62,20 +67,67 @@ def _manifest(workdir: Path) -> pd.DataFrame:
     return read_manifest(workdir).sort_values("path").reset_index(drop=True)
 
 
-def test_scan_and_dedupe_on_a_remote_scheduler_equal_the_in_process_pool(curate_data, scheduler,
-                                                                          tmp_path):
-    """The docs/scale.md recipe: the same commands with --cluster tcp://HOST:PORT."""
+def _cache(workdir: Path, tta: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    keys, vectors = read_cache(cache_file(workdir, "mobilenet_v2", 224, "imagenet", tta))
+    order = np.argsort(keys["path"].to_numpy())
+    return keys.iloc[order].reset_index(drop=True), vectors[order]
+
+
+def test_scan_dedupe_and_embed_on_a_remote_scheduler_equal_the_in_process_engines(
+        curate_data, curate_weights, scheduler, tmp_path):
+    """The docs/scale.md recipe: the same commands with --cluster tcp://HOST:PORT. Dedupe embeds
+    (mirror views) through the embed step's cache, embed --no-tta fills another cache file."""
     root = curate_data / "swift-wagonr"
     runner = CliRunner()
+    steps = (["scan"], ["dedupe"], ["embed", "--no-tta"])
+    summaries = {}
     for name, extra in (("pool", ["--workers", "2"]), ("dask", ["--cluster", scheduler])):
-        for step in ("scan", "dedupe"):
-            result = runner.invoke(main, [step, str(root), "--workdir", str(tmp_path / name),
+        for step in steps:
+            result = runner.invoke(main, [*step, str(root), "--workdir", str(tmp_path / name),
                                          "-q", "--json", *extra])
             assert result.exit_code == 0, result.output
+        summaries[name] = json.loads(result.stdout)
     pool, dask = _manifest(tmp_path / "pool"), _manifest(tmp_path / "dask")
     assert list(pool.columns) == list(dask.columns) and "phash" in pool and "dup_group" in pool
     pd.testing.assert_frame_equal(pool, dask, check_exact=True)
     assert pool["dup_group"].notna().any()   # the comparison covers real duplicate groups
+    assert summaries["dask"]["engine"] == "onnx" and summaries["dask"]["computed"] > 200
+    for tta in (True, False):                # bit for bit: ONNX Runtime's per-image results do
+        (pool_keys, pool_vectors), (dask_keys, dask_vectors) = (   # not depend on the batch
+            _cache(tmp_path / name, tta) for name in ("pool", "dask"))
+        pd.testing.assert_frame_equal(pool_keys, dask_keys, check_exact=True)
+        assert len(pool_keys) > 200
+        np.testing.assert_array_equal(pool_vectors, dask_vectors)
+
+
+def test_embedding_on_dask_is_checkpointed_as_partitions_finish(curate_data, curate_weights,
+                                                                scheduler, tmp_path,
+                                                                monkeypatch):
+    files = sorted(str(p.relative_to(curate_data))
+                   for p in (curate_data / "swift-wagonr" / "train").rglob("*.jpg"))[:96]
+    settings = EmbedSettings(backbone="mobilenet_v2", weights="imagenet", image_size=224,
+                             tta=False)
+    here = embed_files(files, tmp_path / "here", root=curate_data, settings=settings, quiet=True)
+    parts = []
+    real = compute.write_checkpoint
+    monkeypatch.setattr(compute, "write_checkpoint",
+                        lambda *a: parts.append(len(a[1])) or real(*a))
+    with cluster.engine(scheduler):
+        there = embed_files(files, tmp_path / "there", root=curate_data, settings=settings,
+                            quiet=True, checkpoint_every=32)
+    assert len(parts) >= 2 and all(n >= 32 for n in parts)   # partitions of 16: two per part
+    assert there.computed == here.computed == len(files)
+    np.testing.assert_array_equal(here.vectors, there.vectors)
+
+
+def test_a_kept_context_reuses_one_cluster_for_every_step_and_closes_it_at_the_end(scheduler):
+    with cluster.kept():
+        with cluster.engine(scheduler) as first:
+            assert cluster.active() is first
+        assert cluster.active() is None and first.status == "running"
+        with cluster.engine(scheduler) as second:
+            assert second is first
+    assert first.status == "closed"
 
 
 def _kill_own_worker_once(args: tuple[int, str]) -> int:

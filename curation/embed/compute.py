@@ -19,11 +19,14 @@ import pandas as pd
 from curation.embed.cache import (aligned, cache_file, merge, read_cache, representatives,
                                   write_cache, write_checkpoint)
 from curation.config import BACKBONES
+from curation import cluster
 from curation.embed.engines import (ENGINES, decode_workers, default_engine, embed_views,
                                      get_engine)
+from curation.embed.on_dask import Embedded, embed_on_dask
 from curation.embed.pipeline import Batch, decoded_batches
 from curation.manifest import IDENTITY_COLUMNS, file_identity
 from curation.parallel import progress_bar
+from curation.cluster import cluster_setting
 from curation.settings import setting
 
 CHECKPOINT_IMAGES = 512   # a killed run loses at most this many embedded images
@@ -51,8 +54,9 @@ class EmbedSettings:
                               result=False, run_flag="--embed-batch-size")
     workers: int | None = setting(None, "Image-decoding processes (default: a quarter of the "
                                   "cores with onnx, which needs them for inference; all with "
-                                  "keras).", kind=int,
-                                  low=1, high=256, result=False)
+                                  "keras), or with --cluster local the Dask workers (default: "
+                                  "cores).", kind=int, low=1, high=256, result=False)
+    cluster: str | None = cluster_setting()
     seed: int = setting(0, "Random seed: same seed, same result (embeddings: random-init "
                         "weights only).")
 
@@ -94,32 +98,42 @@ def embed_files(files: Sequence[str], workdir: Path, *, root: Path | None = None
     engine_name = None
     if todo:
         identity = wanted.drop_duplicates("path").set_index("path")
-        batches = decoded_batches(todo, [Path(root) / p if root else Path(p) for p in todo],
-                                  s.image_size, s.batch_size,
-                                  workers=s.workers or decode_workers(s.engine_name))
-        first = next(batches)   # decoding starts before the model loads, and overlaps it
-        engine = get_engine(s.engine_name, s.backbone, s.weights, s.image_size, s.seed)
-        engine_name = engine.name
-        bar = progress_bar(total=len(todo), desc=f"embed ({engine.name})", unit="img",
-                           quiet=quiet)
+        paths = [Path(root) / p if root else Path(p) for p in todo]
+        client = cluster.active()
+        chunks = embed_on_dask(client, todo, paths, s) if client else _embed_here(todo, paths, s)
+        bar = None
         done, pending = [], []          # (names, vectors) of this run; not yet checkpointed
-        views = functools.partial(embed_views, engine, tta=s.tta)
-        for batch, features in overlapped(views, itertools.chain([first], batches),
-                                          depth=2 if engine.name == "onnx" else 1):
-            failed.update(batch.failed)
-            if batch.decoded:
-                pending.append((batch.decoded, features))
-            bar.update(len(batch.names))
+        for chunk in chunks:            # merged into the cache as each batch/partition finishes
+            engine_name = chunk.engine
+            bar = bar or progress_bar(total=len(todo), desc=f"embed ({chunk.engine})",
+                                      unit="img", quiet=quiet)
+            failed.update(chunk.failed)
+            if chunk.names:
+                pending.append((chunk.names, chunk.vectors))
+            bar.update(chunk.files)
             if sum(len(names) for names, _ in pending) >= checkpoint_every:
                 write_checkpoint(path, *_rows(pending, identity))
                 done.extend(pending)
                 pending = []
-        bar.close()
+        if bar is not None:
+            bar.close()
         keys, vectors = merge(keys, vectors, *_rows(done + pending, identity))
         write_cache(path, keys, vectors)
     return EmbeddingRun(aligned(wanted, keys, vectors), path, engine_name,
                         computed=len(todo) - len(failed), reused=len(cached),
                         seconds=time.time() - started, failed=failed)
+
+
+def _embed_here(todo: list[str], paths: list[Path], s: EmbedSettings) -> Iterator[Embedded]:
+    """Batches embedded in this process, decoded ahead by worker processes (pipeline.py)."""
+    batches = decoded_batches(todo, paths, s.image_size, s.batch_size,
+                              workers=s.workers or decode_workers(s.engine_name))
+    first = next(batches)   # decoding starts before the model loads, and overlaps it
+    engine = get_engine(s.engine_name, s.backbone, s.weights, s.image_size, s.seed)
+    views = functools.partial(embed_views, engine, tta=s.tta)
+    for batch, vectors in overlapped(views, itertools.chain([first], batches),
+                                     depth=2 if engine.name == "onnx" else 1):
+        yield Embedded(batch.decoded, vectors, batch.failed, len(batch.names), engine.name)
 
 
 def overlapped(views: Callable[[np.ndarray], np.ndarray], batches: Iterator[Batch], *,
@@ -141,12 +155,15 @@ def overlapped(views: Callable[[np.ndarray], np.ndarray], batches: Iterator[Batc
 
 def _rows(embedded: list[tuple[list[str], np.ndarray]],
           identity: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-    """Cache keys (path, bytes, mtime) and stacked vectors of (names, vectors) pairs."""
+    """Cache keys (path, bytes, mtime) and stacked vectors of (names, vectors) pairs, in path
+    order (so the cache file is the same whichever order batches or partitions finished in)."""
     names = [name for batch, _ in embedded for name in batch]
     keys = identity.loc[names, ["bytes", "mtime"]].reset_index(names="path")
     width = embedded[0][1].shape[1] if embedded else 0
     vectors = np.concatenate([v for _, v in embedded]) if embedded else np.zeros((0, width))
-    return keys[IDENTITY_COLUMNS], vectors.astype(np.float32)
+    order = np.argsort(np.asarray(names, dtype=object), kind="stable")
+    return (keys[IDENTITY_COLUMNS].iloc[order].reset_index(drop=True),
+            vectors[order].astype(np.float32))
 
 
 def embed_manifest(manifest: pd.DataFrame, root: Path, workdir: Path, *,

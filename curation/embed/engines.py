@@ -9,6 +9,7 @@ out as graph inputs) runs on keras, said once on stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -58,12 +59,13 @@ def decode_workers(engine: str) -> int:
 
 
 def get_engine(name: str, backbone: str, weights: str | None, image_size: int,
-               seed: int = 0) -> Engine:
+               seed: int = 0, threads: int | None = None) -> Engine:
     """The engine `name` (one of ENGINES) for these settings, built once per process; onnx falls
-    back to keras when the backbone cannot be exported."""
+    back to keras when the backbone cannot be exported. threads: onnx's concurrent session calls
+    (default: the cores; 1 in a Dask worker, whose siblings fill the other cores)."""
     if name == "onnx":
         try:
-            return _onnx_engine(backbone, weights, image_size, seed)
+            return _onnx_engine(backbone, weights, image_size, seed, threads or cores())
         except ExportFailed as exc:
             print(f"onnx engine unavailable for {backbone} ({exc}); using keras", file=sys.stderr)
     return _keras_engine(backbone, weights, image_size, seed)
@@ -89,20 +91,31 @@ def _keras_engine(backbone: str, weights: str | None, image_size: int, seed: int
     return Engine("keras", run)
 
 
+def prepare(name: str, backbone: str, weights: str | None, image_size: int,
+            seed: int = 0) -> None:
+    """Make the onnx engine's export now, in this process, when it is missing: Dask workers that
+    share this machine's cache folder then load it instead of each exporting it at once."""
+    if name == "onnx":
+        with contextlib.suppress(ExportFailed):   # the workers run keras and say so
+            _exported(onnx_path(backbone, weights, image_size, seed),
+                      lambda out: export_onnx(backbone, weights, image_size, out, seed))
+
+
 @functools.lru_cache(maxsize=2)
-def _onnx_engine(backbone: str, weights: str | None, image_size: int, seed: int) -> Engine:
+def _onnx_engine(backbone: str, weights: str | None, image_size: int, seed: int,
+                 threads: int) -> Engine:
     run = sliced_runner(onnx_session(onnx_path(backbone, weights, image_size, seed),
                                      lambda out: export_onnx(backbone, weights, image_size, out,
-                                                             seed)))
+                                                             seed)), threads)
     return Engine("onnx", lambda images: run(images)[0])
 
 
-def sliced_runner(session) -> Callable[[np.ndarray], list[np.ndarray]]:
+def sliced_runner(session, threads: int | None = None) -> Callable[[np.ndarray], list[np.ndarray]]:
     """A batch (n, h, w, 3) -> every float32 output of `session`: the batch is cut into one
-    slice per core and the slices run at once (session.run releases the GIL and is safe to
-    call from several threads)."""
+    slice per thread (default: per core) and the slices run at once (session.run releases the
+    GIL and is safe to call from several threads)."""
     name = session.get_inputs()[0].name
-    threads = cores()
+    threads = threads or cores()
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnx")
 
     def one(images: np.ndarray) -> list[np.ndarray]:
@@ -116,11 +129,9 @@ def sliced_runner(session) -> Callable[[np.ndarray], list[np.ndarray]]:
     return run
 
 
-def onnx_session(path: Path, export: Callable[[Path], Path]):
-    """An ONNX Runtime session on `path`, exported first when absent. A failed export is
-    remembered beside it (`.failed`, with the reason) so later runs do not try again."""
-    import onnxruntime
-
+def _exported(path: Path, export: Callable[[Path], Path]) -> Path:
+    """`path`, exported first when absent. A failed export is remembered beside it (`.failed`,
+    with the reason) so later runs do not try again."""
     failed = path.with_suffix(".failed")
     if failed.exists():
         raise ExportFailed(failed.read_text().strip())
@@ -130,6 +141,15 @@ def onnx_session(path: Path, export: Callable[[Path], Path]):
         except Exception as exc:  # tf2onnx raises many types for graphs it cannot convert
             atomic_write_text(failed, f"export failed: {type(exc).__name__}: {exc}"[:300])
             raise ExportFailed(failed.read_text()) from None
+    return path
+
+
+def onnx_session(path: Path, export: Callable[[Path], Path]):
+    """An ONNX Runtime session on `path` (exported first when absent), one thread per call."""
+    import onnxruntime
+
+    failed = path.with_suffix(".failed")
+    _exported(path, export)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -103,6 +103,7 @@ HELP = """Embed every readable image into the per-file cache that flag-noise and
 \b
 Example: curate embed stanford-cars-25
          curate embed ~/photos/cars --engine keras --no-tta
+         curate embed ~/photos/cars --cluster local   (or tcp://HOST:8786: Dask, docs/scale.md)
 Vectors are cached in <workdir>/embeddings, keyed by path, size, mtime, backbone, weights,
 image size and mirror view; a re-run embeds only new or changed files, and an interrupted run
 resumes from its last checkpoint (every 512 images). Duplicates are embedded once. Files are
