@@ -1,7 +1,10 @@
 """Shared fixtures: generated images for core tests, and the shared real data when present."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -13,6 +16,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def killed_on_exit(process: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """A server started in its own session by a test: its whole group is SIGKILLed if the test
+    leaves before it stopped, so a failing test never leaves a server behind."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _existing_dir(variable: str) -> Path | None:

@@ -27,6 +27,7 @@ from curation.manifest import read_manifest, read_run, record_run, write_manifes
 from curation.review.step import describe, review, sync, wait_for_http
 from curation.review.dataset import MAP_KEY, WORKSPACE, compute_map
 from curation.scan.step import scan
+from tests.conftest import killed_on_exit
 
 MAGENTA = (255, 0, 255)
 REPO = Path(__file__).resolve().parent.parent
@@ -262,7 +263,7 @@ def test_app_serves_the_grid_and_stops_on_ctrl_c(tmp_path):
                 ready.set()
 
     threading.Thread(target=read_stderr, daemon=True).start()
-    try:
+    with killed_on_exit(process):
         assert ready.wait(240), "".join(lines)
         url = re.search(r"FiftyOne App: (\S+)", "".join(lines)).group(1)
         assert url == f"http://127.0.0.1:{port}/datasets/app-smoke"
@@ -274,10 +275,6 @@ def test_app_serves_the_grid_and_stops_on_ctrl_c(tmp_path):
             assert magenta.mean() > 0.05, f"no sample grid in {shot} ({magenta.mean():.3f})"
         process.send_signal(signal.SIGINT)
         stdout, _ = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert process.returncode == 0, "".join(lines)
     assert f"App served at {url}" in stdout
     assert not port_in_use(port) and not (db / "curate-mongod.json").exists()

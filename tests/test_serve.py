@@ -35,7 +35,7 @@ from training.bad_inputs import probe
 from training.catalogue import build_catalogue
 from training.check import VERDICTS, Checker
 from training.serve import create_app
-from tests.conftest import synthetic_photo
+from tests.conftest import killed_on_exit, synthetic_photo
 
 CLASSES = ["red_box", "blue_disc"]
 REPO = Path(__file__).resolve().parents[1]
@@ -339,13 +339,9 @@ def test_serve_command_binds_localhost_and_stops_on_ctrl_c(model_dir):
         [sys.executable, "-m", "cli", "serve", str(model_dir), "--port", str(port)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
-    try:
+    with killed_on_exit(process):
         assert wait_for_http(f"http://127.0.0.1:{port}/health", timeout=240) == 200
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert process.returncode == 0, stderr
     assert f"http://127.0.0.1:{port}/" in stderr and not port_in_use(port)
