@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from curation.config import DatasetConfig, TrainingSettings
+from curation.config import DatasetConfig
 from curation.manifest import read_manifest, write_manifest
 from curation.scan.step import scan
 from tests.test_training import CLASSES, REPO, _easy_image

@@ -3,7 +3,6 @@ killed with SIGKILL that resumes from its last checkpoint. Need $CURATE_DATA and
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

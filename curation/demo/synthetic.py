@@ -17,7 +17,6 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-import pandas as pd
 from PIL import Image, ImageEnhance, ImageOps
 
 from curation.demo.drawing import SCENES, VEHICLE_CLASSES, scene, vehicle
