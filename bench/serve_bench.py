@@ -8,7 +8,9 @@ evaluate` has run (model in <workdir>/model, hashes from dedupe):
 - non-car: every $CURATE_DATA/non-car photo under a random claimed class: not_a_car recall;
 - re-used: an edited copy (dedupe's planted edits: resize, JPEG, crop, brightness, text,
   mirror, plus exact copies) of catalogue photos, against the catalogue of the train and val
-  photos: duplicate recall; and how many test photos that re-use nothing are called duplicate.
+  photos: duplicate recall, and matched recall (the lookup found the right photo, whatever
+  the verdict); how many test photos that re-use nothing are called duplicate; and how many
+  catalogue photos match a different catalogue photo (looked up in the others, by folds).
 Load: starts `curate serve` on a free 127.0.0.1 port, sends a fixed number of checks from a
 few concurrent clients, then the bad-input list (training/bad_inputs.py), and stops it.
 Prints one JSON object. Example:
@@ -99,7 +101,8 @@ def non_car(checker: Checker, folder: Path, rng) -> dict:
 
 def reused(checker: Checker, catalogue_rows: pd.DataFrame, test_rows: pd.DataFrame, root: Path,
            count: int, seed: int) -> dict:
-    """duplicate recall on edited copies of catalogue photos; false duplicates on test photos
+    """duplicate recall on edited copies of catalogue photos, and the catalogue lookup's own
+    recall (the right photo found, whatever the verdict); false duplicates on test photos
     that re-use no catalogue photo (by dedupe's groups)."""
     picked = catalogue_rows.sample(min(count, len(catalogue_rows)), random_state=seed)
     with tempfile.TemporaryDirectory() as scratch:
@@ -108,15 +111,60 @@ def reused(checker: Checker, catalogue_rows: pd.DataFrame, test_rows: pd.DataFra
         labels = picked["label"].to_numpy()[copies["family"].to_numpy()]
         results = check_files(checker, list(zip(map(Path, copies["path"]), labels)))["results"]
     hit = pd.Series([r["verdict"] == "duplicate" for r in results])
+    groups = catalogue_rows.set_index("path")["dup_group"]
+    originals = picked["path"].to_numpy()[copies["family"].to_numpy()]
+    matched = pd.Series([same_photo(r.get("duplicate_of"), original, groups)
+                         for r, original in zip(results, originals)])
     fresh = test_rows[~test_rows["reuses_catalogue"]]
     fresh_results = check_files(checker, [(root / p, c) for p, c in
                                           zip(fresh["path"], fresh["label"])])["results"]
     return {"copies": len(copies), "reused_recall": round(float(hit.mean()), 4),
             "recall_by_edit": hit.groupby(copies["transform"]).mean().round(4).to_dict(),
+            "matched_recall": round(float(matched.mean()), 4),
+            "matched_by_edit": matched.groupby(copies["transform"]).mean().round(4).to_dict(),
+            "matched_how": pd.Series([_how(r) for r in results]).value_counts().to_dict(),
             "verdicts": verdict_counts(results),
             "fresh_test_photos": len(fresh),
             "fresh_called_duplicate": round(float(np.mean(
-                [r["verdict"] == "duplicate" for r in fresh_results])), 4)}
+                [r["verdict"] == "duplicate" for r in fresh_results])), 4),
+            "fresh_matched": sum(r.get("duplicate_of") is not None for r in fresh_results)}
+
+
+def same_photo(match: dict | None, original: str, groups: pd.Series) -> bool:
+    """Whether the catalogue lookup found `original`, or a photo dedupe grouped with it."""
+    if match is None:
+        return False
+    found, wanted = groups.get(match["path"]), groups.get(original)
+    return match["path"] == original or (pd.notna(wanted) and found == wanted)
+
+
+def _how(result: dict) -> str:
+    match = result.get("duplicate_of")
+    return "none" if match is None else match["how"].rstrip("0123456789. ")
+
+
+def catalogue_false_matches(checker: Checker, catalogue_rows: pd.DataFrame, root: Path,
+                            folds: int = 5) -> dict:
+    """Every catalogue photo looked up in the catalogue less its fold (so not in itself): the
+    photos it matches that dedupe did not group with it are false matches (or copies dedupe
+    missed: listed to be looked at)."""
+    catalogue = checker.catalogue
+    groups = catalogue_rows.set_index("path")["dup_group"]
+    fold = np.arange(len(catalogue)) % folds
+    found = []
+    for k in range(folds):
+        rows = np.flatnonzero(fold == k)
+        uploads = [checker.read(p, (root / p).read_bytes()) for p in catalogue.paths[rows]]
+        good = [u for u in uploads if u.error is None]
+        matches = catalogue.without(rows).match([u.hashes for u in good],
+                                                [u.sha256 for u in good],
+                                                [u.crops for u in good],
+                                                [u.picture for u in good])
+        found += [(u.name, m) for u, m in zip(good, matches)
+                  if m is not None and not same_photo(m, u.name, groups)]
+    return {"photos": len(catalogue), "folds": folds, "false_matches": len(found),
+            "pairs": [{"photo": name, "matched": m["path"], "how": m["how"],
+                       "distance": m["distance"]} for name, m in found]}
 
 
 def model_only_rate(predictor: Predictor, pixels: np.ndarray, seconds: float = 10.0) -> float:
@@ -219,8 +267,9 @@ def main() -> None:
     started = time.perf_counter()
     out["swapped_claims"] = swapped_claims(checker, test_rows, config.root, rng, args.swap_share)
     out["non_car"] = non_car(checker, Path(os.environ["CURATE_DATA"]) / "non-car", rng)
-    checker.catalogue = build_catalogue(catalogue_rows, f"{args.dataset} train+val")
+    checker.catalogue = build_catalogue(catalogue_rows, f"{args.dataset} train+val", config.root)
     out["reused"] = reused(checker, catalogue_rows, test_rows, config.root, args.reused, args.seed)
+    out["catalogue_false_matches"] = catalogue_false_matches(checker, catalogue_rows, config.root)
     out["quality_seconds"] = round(time.perf_counter() - started, 1)
     if not args.no_load:
         payloads = [((config.root / p).read_bytes(), label)
@@ -235,7 +284,9 @@ def main() -> None:
         "wrong_model_recall": out["swapped_claims"]["draw"]["wrong_model_recall"] >= 0.9,
         "wrong_model_false_alarm": out["swapped_claims"]["draw"]["wrong_model_false_alarm"] <= 0.02,
         "non_car_recall": out["non_car"]["not_a_car_recall"] >= 0.98,
-        "reused_recall": out["reused"]["reused_recall"] >= 0.95}
+        "reused_recall": out["reused"]["reused_recall"] >= 0.95,
+        "no_false_duplicates": (out["reused"]["fresh_called_duplicate"] == 0
+                                and out["catalogue_false_matches"]["false_matches"] == 0)}
     if "load" in out:
         load = out["load"]
         out["met"].update(checks_per_second=load["checks_per_second"] >= 40,

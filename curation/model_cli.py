@@ -76,7 +76,7 @@ def load_checker(model_dir: Path, index: str | None, index_workdir: Path | None,
     if index is not None:
         config = resolve_dataset(index, click.get_current_context().obj["config_path"])
         catalogue = load_catalogue(index_workdir or config.default_workdir(), config.name,
-                                   index_threshold)
+                                   index_threshold, config.root, quiet=False)
     return Checker(model_folder(model_dir), catalogue=catalogue, engine=engine)
 
 

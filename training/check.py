@@ -23,6 +23,7 @@ from curation.images import ImageError, load_array, load_gray
 from curation.manifest import atomic_write_json, read_manifest
 
 from .catalogue import Catalogue, crop_variants
+from .lookalike import picture
 from .data import encode_labels, load_pixels, pixel_cache_dir, split_rows
 from .predict import Predictor, top_k
 
@@ -113,13 +114,15 @@ class Upload:
     hashes: dict[str, str] = field(default_factory=dict)
     crops: list[dict[str, str]] = field(default_factory=list)
     sha256: str = ""
+    picture: tuple[np.ndarray, np.ndarray] | None = None   # lookalike.picture of the pixels
     error: str | None = None
 
 
 def read_upload(name: str, data: bytes, image_size: int, kinds=()) -> Upload:
     """Decode bytes in memory (bomb guard from the header) for the model (load_array, as in
     training: JPEGs at reduced DCT scale) and, when a catalogue is searched, its perceptual
-    hashes: the same small luma decode dedupe hashes."""
+    hashes (the same small luma decode dedupe hashes) and its thumbnail and colour signature
+    (from the model's pixels) for the geometric check."""
     try:
         pixels = load_array(data, image_size)
         gray = load_gray(data, min_side=DECODE_MIN_SIDE) if kinds else None
@@ -130,7 +133,7 @@ def read_upload(name: str, data: bytes, image_size: int, kinds=()) -> Upload:
     if gray is None:
         return Upload(name, pixels, sha256=hashlib.sha256(data).hexdigest())
     return Upload(name, pixels, gray_hashes(gray, kinds), crop_variants(gray, kinds),
-                  hashlib.sha256(data).hexdigest())
+                  hashlib.sha256(data).hexdigest(), picture(pixels))
 
 
 def val_rule(predictor: Predictor, workdir: Path, root: Path | None = None) -> dict:
@@ -187,7 +190,8 @@ class Checker:
         claimed = encode_labels([claimed_labels[i] for i in good], self.classes)
         matches = (self.catalogue.match([uploads[i].hashes for i in good],
                                         [uploads[i].sha256 for i in good],
-                                        [uploads[i].crops for i in good])
+                                        [uploads[i].crops for i in good],
+                                        [uploads[i].picture for i in good])
                    if self.catalogue is not None else [None] * len(good))
         verdicts = assign_verdicts(probs, distances, claimed, [m is not None for m in matches],
                                    self.predictor.calibration, self.rule)

@@ -35,7 +35,13 @@ def thumbnail(path: str) -> np.ndarray:
         gray = load_gray(path, min_side=THUMB_SIDE)
     except (ImageError, OSError):
         return np.full((THUMB_SIDE, THUMB_SIDE), np.nan, np.float32)
-    return high_pass(cv2.resize(gray, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA))
+    return high_pass(small(gray))
+
+
+def small(picture: np.ndarray) -> np.ndarray:
+    """The whole frame resized to THUMB_SIDE squared (area-averaged, dtype kept): the thumbnail
+    before its high-pass, 4 KB as uint8 grayscale (what the catalogue index stores)."""
+    return cv2.resize(picture, (THUMB_SIDE, THUMB_SIDE), interpolation=cv2.INTER_AREA)
 
 
 def thumbnails(paths: Sequence[str], *, workers: int | None = None,
