@@ -135,7 +135,8 @@ def same_photo(match: dict | None, original: str, groups: pd.Series) -> bool:
     if match is None:
         return False
     found, wanted = groups.get(match["path"]), groups.get(original)
-    return match["path"] == original or (pd.notna(wanted) and found == wanted)
+    return match["path"] == original or bool(pd.notna(wanted) and pd.notna(found)
+                                             and found == wanted)
 
 
 def _how(result: dict) -> str:
@@ -249,6 +250,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--no-load", action="store_true", help="quality only")
+    parser.add_argument("--no-thumbnails", action="store_true",
+                        help="catalogue index without thumbnails: the hash rules only")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     config = resolve_dataset(args.dataset)
@@ -267,7 +270,8 @@ def main() -> None:
     started = time.perf_counter()
     out["swapped_claims"] = swapped_claims(checker, test_rows, config.root, rng, args.swap_share)
     out["non_car"] = non_car(checker, Path(os.environ["CURATE_DATA"]) / "non-car", rng)
-    checker.catalogue = build_catalogue(catalogue_rows, f"{args.dataset} train+val", config.root)
+    checker.catalogue = build_catalogue(catalogue_rows, f"{args.dataset} train+val",
+                                        None if args.no_thumbnails else config.root)
     out["reused"] = reused(checker, catalogue_rows, test_rows, config.root, args.reused, args.seed)
     out["catalogue_false_matches"] = catalogue_false_matches(checker, catalogue_rows, config.root)
     out["quality_seconds"] = round(time.perf_counter() - started, 1)

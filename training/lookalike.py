@@ -97,19 +97,30 @@ def nearest(query: np.ndarray, base: np.ndarray, gap: np.ndarray,
     return query[keep], base[keep], gap[keep]
 
 
+def aligned(thumbs: Sequence[np.ndarray], catalogue_thumbs: np.ndarray, query: np.ndarray,
+            base: np.ndarray) -> np.ndarray:
+    """geometry.alignment_scores of each (upload, catalogue photo) pair: thumbs are the
+    uploads' (picture's first), indexed by query; base indexes the catalogue's."""
+    made = {("upload", int(q)): high_pass(thumbs[q]) for q in np.unique(query)}
+    made.update({int(b): high_pass(catalogue_thumbs[b]) for b in np.unique(base)})
+    return alignment_scores(made, [("upload", int(q)) for q in query], base)
+
+
+def colours_agree(signatures: Sequence[np.ndarray], catalogue_signatures: np.ndarray,
+                  query: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Whether each pair's colour signatures differ in at most MAX_COLOUR_SHIFT of the pixels
+    (a photo that could not be decoded has an empty signature, which agrees with anything)."""
+    return np.array([colour_shift(signatures[q], catalogue_signatures[b]) <= MAX_COLOUR_SHIFT
+                     or not (signatures[q].any() and catalogue_signatures[b].any())
+                     for q, b in zip(query, base)], dtype=bool)
+
+
 def confirm(thumbs: Sequence[np.ndarray], signatures: Sequence[np.ndarray],
             catalogue_thumbs: np.ndarray, catalogue_signatures: np.ndarray,
             query: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Alignment score of each (upload, catalogue photo) pair whose colours agree, NaN for the
     others: thumbs/signatures are the uploads' (picture), indexed by query."""
-    made = {}
-    for q in np.unique(query):
-        made[("upload", int(q))] = high_pass(thumbs[q])
-    for b in np.unique(base):
-        made[int(b)] = high_pass(catalogue_thumbs[b])
-    agree = np.array([colour_shift(signatures[q], catalogue_signatures[b]) <= MAX_COLOUR_SHIFT
-                      for q, b in zip(query, base)], dtype=bool)
+    agree = colours_agree(signatures, catalogue_signatures, query, base)
     scores = np.full(len(query), np.nan)
-    scores[agree] = alignment_scores(made, [("upload", int(q)) for q in query[agree]],
-                                     base[agree])
+    scores[agree] = aligned(thumbs, catalogue_thumbs, query[agree], base[agree])
     return scores
