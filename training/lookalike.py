@@ -8,9 +8,9 @@ catalogue photos within LOOSE_BITS (first hash kind, any alignment) by dedupe's 
 check (geometry.alignment_scores: the centre of one high-passed thumbnail slid over the other,
 scaled and mirrored); it re-uses the best one that scores at least MIN_ALIGNED and whose colours
 agree. The colour check is needed because catalogue renders of one car in two paints align as
-well as an edited copy does (swift-wagonr: a red and a grey Swift render score 0.82-0.89);
-their colour signatures differ in 32-49 % of the pixels, an edited copy's in at most 17 %
-(docs/check.md).
+well as an edited copy does (swift-wagonr: a grey Swift render cropped by 3-5 % scores 0.87
+against the red one); their colour signatures differ in 32-54 % of the pixels, an edited
+copy's in at most 17 % (docs/check.md).
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ from curation.parallel import map_files
 LOOSE_BITS = 20
 CANDIDATES = 2
 # Confirmed when aligned >= MIN_ALIGNED and the colour signatures differ in at most
-# MAX_COLOUR_SHIFT of the pixels. Edited copies the hashes miss align at 0.77-0.97; another
-# catalogue photo at most 0.78 once the colours agree (a white car rendered twice), fresh test
-# photos at most 0.66 (docs/check.md).
+# MAX_COLOUR_SHIFT of the pixels. Edited copies the hashes miss align at 0.77-1.00 (three
+# swift-wagonr crops and one stanford-cars-25 crop below 0.80); another swift-wagonr catalogue
+# photo at most 0.77 once the colours agree (a white WagonR rendered twice), fresh test photos
+# at most 0.64 (docs/check.md).
 MIN_ALIGNED = 0.80
 MAX_COLOUR_SHIFT = 0.2
 # Colour signature: the share of pixels in each hue (HUE_BINS) x saturation (two bands split at
