@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from curation.embed.engines import mirror_averaged
 from curation.images import ImageError, load_array
 from curation.manifest import atomic_write, atomic_write_json
 from curation.errors import ModelMissing
@@ -150,9 +151,9 @@ class Predictor:
         features, probs = [], []
         for start in range(0, len(pixels), batch_size):
             chunk = np.asarray(pixels[start:start + batch_size], dtype=np.float32)
-            f, p = self._forward(np.concatenate([chunk, chunk[:, :, ::-1]]))
-            features.append((f[:len(chunk)] + f[len(chunk):]) / 2)
-            probs.append((p[:len(chunk)] + p[len(chunk):]) / 2)
+            f, p = mirror_averaged(self._forward, chunk)
+            features.append(f)
+            probs.append(p)
         return np.concatenate(probs), ood_distance(np.concatenate(features), self.means)
 
     def warm_up(self, max_batch: int = 32) -> None:
