@@ -152,6 +152,11 @@ def load_image(path: Source, *, max_side: int | None = None,
     return rgb
 
 
+# Raised whenever load_array's pixels change, so caches of what it made (training's pixel
+# cache, embed's vectors) are not read after an upgrade.
+DECODE_VERSION = 2
+
+
 def load_array(path: Source, size: int | tuple[int, int], *,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """uint8 array (height, width, 3): the whole upright frame resized to `size` (aspect not

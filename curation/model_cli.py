@@ -116,7 +116,8 @@ def check(model_dir, index, index_workdir, index_threshold, engine, images, clai
 @click.option("--max-bytes", type=click.IntRange(1), default=20_000_000, show_default=True,
               help="Largest upload; bigger ones get HTTP 413.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=10.0,
-              show_default=True, help="Seconds a request body may stall before HTTP 408.")
+              show_default=True,
+              help="Seconds a request's headers or body may stall before HTTP 408.")
 @click.option("--max-batch", type=click.IntRange(1, 256), default=16, show_default=True,
               help="Most uploads run through the model in one call.")
 def serve(model_dir, index, index_workdir, index_threshold, engine, host, port, max_bytes,

@@ -130,6 +130,20 @@ def test_a_kept_context_reuses_one_cluster_for_every_step_and_closes_it_at_the_e
     assert first.status == "closed"
 
 
+def _worker_environment() -> tuple:
+    import dask
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get(
+        "distributed.worker.profile.enabled"), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_local_workers_keep_glibc_adaptive_malloc_and_run_no_profiler():
+    """Dask's MALLOC_TRIM_THRESHOLD_ made every large buffer an mmap/munmap pair (scan's work
+    took 1.5-2x the pool's CPU); one BLAS/OpenMP thread per worker stays."""
+    with cluster.engine(cluster.LOCAL, workers=1) as client:
+        assert list(client.run(_worker_environment).values()) == [(None, False, "1")]
+
+
 def _kill_own_worker_once(args: tuple[int, str]) -> int:
     """Square a number; on item 37 the first time, SIGKILL this very worker process."""
     value, marker = args

@@ -19,6 +19,7 @@ from curation.config import DatasetConfig
 from curation.manifest import read_manifest, write_manifest
 from curation.scan.step import scan
 from tests.test_training import CLASSES, REPO, _easy_image
+from training.distribute import wanted
 
 _TRAIN_BOTH_WAYS = """
 import json, sys
@@ -36,7 +37,7 @@ config = DatasetConfig(name="easy", root=Path(sys.argv[2]), image_size=64,
                            fine_tune_layers=6, patience=6))
 found = {}
 for distribute in (False, True):
-    workdir = Path(sys.argv[3]) / f"distribute-{distribute}"
+    workdir = Path(sys.argv[3]) / f"{sys.argv[1]}-distribute-{distribute}"
     workdir.mkdir()
     write_manifest(read_manifest(Path(sys.argv[3]) / "split"), workdir)
     summary = train(config, workdir, seed=1, workers=1, quiet=True, distribute=distribute)
@@ -77,3 +78,10 @@ def test_two_cpu_devices_train_to_the_accuracy_of_one(split_set, curate_weights,
     assert (one["replicas"], two["replicas"]) == (1, 2) and two["backend"] == backend
     assert one["val_accuracy"] >= 0.75
     assert abs(two["val_accuracy"] - one["val_accuracy"]) <= 0.125   # one of 8 val images
+
+
+def test_several_accelerators_switch_data_parallel_on_unless_told():
+    assert wanted(None, "gpu", 2) and wanted(None, "tpu", 8)
+    assert not wanted(None, "gpu", 1)
+    assert not wanted(None, "cpu", 16)             # virtual CPUs share one machine's cores
+    assert not wanted(False, "gpu", 4) and wanted(True, "cpu", 2)

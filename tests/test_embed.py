@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import ImageOps
 
+from curation.embed import cache as embed_cache
 from curation.embed.cache import cache_file, load_cached_embeddings, representatives, weights_tag
 from curation.embed.compute import EmbedSettings, embed_files, embed_manifest
 from tests.conftest import synthetic_photo
@@ -54,6 +55,16 @@ def test_second_run_reuses_every_vector(photos, tmp_path):
     second = embed_manifest(manifest, root, tmp_path / "work", **OPTIONS)
     assert (second.computed, second.reused) == (0, 6)
     np.testing.assert_array_equal(first.vectors, second.vectors)
+
+
+def test_vectors_cached_by_an_older_decoder_are_embedded_again(photos, tmp_path, monkeypatch):
+    root, names = photos
+    manifest = manifest_for(root, names)
+    first = embed_manifest(manifest, root, tmp_path / "work", **OPTIONS)
+    monkeypatch.setattr(embed_cache, "DECODE_VERSION", embed_cache.DECODE_VERSION + 1)
+    again = embed_manifest(manifest, root, tmp_path / "work", **OPTIONS)
+    assert (again.computed, again.reused) == (6, 0)
+    np.testing.assert_array_equal(first.vectors, again.vectors)   # same decoder in truth
 
 
 def test_changed_file_is_embedded_again_and_others_reused(photos, tmp_path, make_image):

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import socket
 import time
 from pathlib import Path
 
@@ -31,10 +32,10 @@ from curation.dedupe.hashing import DECODE_MIN_SIDE, gray_hashes
 from curation.images import load_gray
 from curation.review.fiftyone_db import free_port, port_in_use
 from curation.review.step import wait_for_http
-from training.bad_inputs import probe
+from training.bad_inputs import probe, slow_client
 from training.catalogue import build_catalogue
 from training.check import VERDICTS, Checker
-from training.serve import create_app
+from training.serve import BODY_TIMEOUT, create_app, server_config
 from tests.conftest import killed_on_exit, synthetic_photo
 
 CLASSES = ["red_box", "blue_disc"]
@@ -82,10 +83,11 @@ def _catalogue(photos: Path):
 
 
 @contextlib.contextmanager
-def running(app):
-    """The app served by uvicorn on a free 127.0.0.1 port in a thread; stopped on exit."""
+def running(app, timeout: float = BODY_TIMEOUT):
+    """The app served as `curate serve` serves it, on a free 127.0.0.1 port in a thread;
+    stopped on exit."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, port=port, timeout=timeout))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -113,7 +115,8 @@ def test_api_answers_batches_and_survives_every_bad_input(model_dir, photos, mon
     real = tempfile.TemporaryFile
     monkeypatch.setattr(tempfile, "TemporaryFile",
                         lambda *a, **k: spilled.append(1) or real(*a, **k))
-    with running(create_app(checker, max_bytes=MAX_BYTES, timeout=1.0, max_batch=8)) as url, \
+    with running(create_app(checker, max_bytes=MAX_BYTES, timeout=1.0, max_batch=8),
+                 timeout=1.0) as url, \
             httpx.Client(base_url=url, timeout=60) as client:
         assert client.get("/classes").json() == {"classes": CLASSES}
         assert client.get("/health").json()["catalogue"] == {"name": "listings", "photos": 4}
@@ -178,6 +181,25 @@ def test_api_answers_batches_and_survives_every_bad_input(model_dir, photos, mon
                             data={"claimed_label": "alto"}).json()
         assert reply["detail"]["valid"] == CLASSES
     assert spilled == []     # no upload went to a temporary file
+
+
+def test_headers_that_stall_get_408_on_a_new_and_on_a_kept_alive_connection():
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    app.post("/check")(lambda: {"ok": True})
+    with running(app, timeout=0.5) as url:
+        started = time.perf_counter()
+        assert slow_client(f"{url}/check", wait=5, headers_done=False) == 408
+        assert time.perf_counter() - started < 3
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST /check HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"POST /check HTTP/1.1\r\nHost: x\r\n")      # and no more
+            assert sock.recv(4096).startswith(b"HTTP/1.1 408")
+            assert sock.recv(4096) == b""                               # then closed
+        assert httpx.post(f"{url}/check").json() == {"ok": True}
 
 
 def test_a_model_without_the_rule_is_calibrated_on_its_workdirs_val_split(model_dir, tmp_path):

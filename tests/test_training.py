@@ -24,7 +24,8 @@ from curation.manifest import ManifestMissing, read_manifest, write_manifest
 from curation.scan.step import scan
 from training.data import class_weights, encode_labels, load_pixels, split_rows
 from training.evaluate import guard_rates, misclassified_rows, score
-from training.predict import NOT_A_CAR, UNSURE, calibrate, ood_distance, top_k, verdicts
+from training.predict import (NOT_A_CAR, UNSURE, calibrate, ood_distance, tail_quantile, top_k,
+                              verdicts)
 from curation.errors import NotEnoughData
 from curation.settings import SettingError
 from curation.steps import resolve_settings
@@ -80,6 +81,20 @@ def test_settings_overrides_are_checked_and_named():
     bad_yaml = DatasetConfig(name="x", root=Path("."), training=TrainingSettings(epochs=0))
     with pytest.raises(SettingError, match="--epochs"):                # checked wherever it comes from
         resolve_settings(TRAIN, bad_yaml, {})
+
+
+def test_small_val_sets_get_a_distance_cut_off_near_the_true_tail():
+    """42 val distances: the log-normal fit's 99th percentile lets about 1 % of fresh cars past,
+    where the empirical one (the largest of 42) rejects several times that."""
+    rng = np.random.default_rng(3)
+    fresh = rng.lognormal(np.log(0.25), 0.25, 200_000)
+    fitted, empirical = [], []
+    for _ in range(200):
+        val = rng.lognormal(np.log(0.25), 0.25, 42)
+        fitted.append(np.mean(fresh > tail_quantile(val, 0.99)))
+        empirical.append(np.mean(fresh > np.quantile(val, 0.99)))
+    assert 0.005 < np.median(fitted) < 0.02
+    assert np.median(empirical) > 1.5 * np.median(fitted)
 
 
 def test_calibrated_guard_flags_far_and_unconfident_inputs():

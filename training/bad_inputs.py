@@ -26,15 +26,18 @@ def bomb_png(side: int = 100_000) -> bytes:
             + _chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _chunk(b"IEND", b""))
 
 
-def slow_client(url: str, *, wait: float) -> int | None:
-    """Announce a 100 kB upload, send 10 bytes, then stall: the status the server answers
-    within `wait` seconds, or None when it never does."""
+def slow_client(url: str, *, wait: float, headers_done: bool = True) -> int | None:
+    """Announce a 100 kB upload, send 10 bytes of it, then stall (or, headers_done=False, stall
+    halfway through the headers): the status the server answers within `wait` seconds, or
+    None when it never does."""
     parts = urlsplit(url)
+    request = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
+               "Content-Type: multipart/form-data; boundary=x\r\n")
+    if headers_done:
+        request += "Content-Length: 100000\r\n\r\n--x\r\nabcde"
     try:
         with socket.create_connection((parts.hostname, parts.port), timeout=wait) as sock:
-            sock.sendall(f"POST {parts.path} HTTP/1.1\r\nHost: {parts.hostname}\r\n"
-                         "Content-Type: multipart/form-data; boundary=x\r\n"
-                         "Content-Length: 100000\r\n\r\n--x\r\nabcde".encode())
+            sock.sendall(request.encode())
             reply = sock.recv(256)
     except OSError:   # refused, reset or timed out
         return None
@@ -83,11 +86,12 @@ def probe(base_url: str, photo: bytes, label: str, *, max_bytes: int, timeout: f
             rows.append({"case": name, "status": got, "expected_status": accepted,
                          "verdict": answer, "seconds": round(time.perf_counter() - started, 3),
                          "ok": got in accepted and (verdict is None or answer == verdict)})
-        started = time.perf_counter()
-        got = slow_client(f"{base_url}/check", wait=timeout + 5)
-        rows.append({"case": "slow client", "status": got, "expected_status": (408,),
-                     "verdict": None, "seconds": round(time.perf_counter() - started, 3),
-                     "ok": got == 408})
+        for name, headers_done in (("slow client (body)", True), ("slow client (headers)", False)):
+            started = time.perf_counter()
+            got = slow_client(f"{base_url}/check", wait=timeout + 5, headers_done=headers_done)
+            rows.append({"case": name, "status": got, "expected_status": (408,),
+                         "verdict": None, "seconds": round(time.perf_counter() - started, 3),
+                         "ok": got == 408})
         health = client.get("/health").status_code
     rows.append({"case": "healthy afterwards", "status": health, "expected_status": (200,),
                  "verdict": None, "seconds": 0.0, "ok": health == 200})

@@ -25,6 +25,7 @@ from curation.dedupe.grouping import alignments_for, hash_matches, thresholds_fo
 from curation.dedupe.hamming import distances, pairs_within
 from curation.dedupe.hashing import KINDS, gray_hashes, hash_columns, to_uint64
 from curation.errors import CurateError
+from curation.images import DECODE_VERSION
 from curation.manifest import atomic_write, manifest_path, read_manifest
 
 from . import lookalike
@@ -264,10 +265,11 @@ def _strings(values: pd.Series) -> np.ndarray:
 
 def _stamp(workdir: Path, root: Path | None) -> str:
     """Identifies what an index was built from: the manifest's version (size and mtime), the
-    root its photos were read from for thumbnails (none: no thumbnails) and the index format."""
+    root its photos were read from for thumbnails (none: no thumbnails), the decoder that made
+    them (images.load_array's version) and the index format."""
     stat = os.stat(manifest_path(workdir))
     where = str(Path(root).resolve()) if root is not None else ""
-    made = f"{stat.st_size}:{stat.st_mtime_ns}:{where}:{INDEX_FORMAT}"
+    made = f"{stat.st_size}:{stat.st_mtime_ns}:{where}:{DECODE_VERSION}:{INDEX_FORMAT}"
     return hashlib.sha256(made.encode()).hexdigest()[:16]
 
 

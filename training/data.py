@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from curation.images import ImageError, load_array
+from curation.images import DECODE_VERSION, ImageError, load_array
 from curation.manifest import IDENTITY_COLUMNS, ManifestMissing, atomic_write, unchanged_rows
 from curation.parallel import map_files
 from curation.vocabulary import SPLITS
@@ -62,12 +62,9 @@ def decode_file(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
         return None, f"unreadable: {exc.strerror or exc}"
 
 
-PIXELS_VERSION = 2   # raised whenever images.load_array's pixels change, so old caches are not read
-
-
 def cache_paths(cache_dir: Path, size: int) -> tuple[Path, Path]:
     """The pixel array and its index (path, bytes, mtime, slot) for one image size."""
-    stem = Path(cache_dir) / f"pixels-v{PIXELS_VERSION}-{size}"
+    stem = Path(cache_dir) / f"pixels-v{DECODE_VERSION}-{size}"
     return stem.with_suffix(".npy"), stem.with_suffix(".parquet")
 
 

@@ -4,7 +4,8 @@ POST /check (multipart `image` + `claimed_label`), POST /check/batch (`images` +
 `claimed_labels` each), GET /health, GET /classes, GET / (the upload form), /docs (OpenAPI).
 The model is loaded once; uploads that arrive together share one model call (Batcher).
 Bad input never reaches the model: bodies over max_bytes get 413 (from Content-Length, else
-while streaming), a body that stalls for `timeout` seconds 408, an unknown claimed label 422
+while streaming), headers or a body that stall for `timeout` seconds 408 (header_deadline.py
+for the headers), an unknown claimed label 422
 naming the valid ones, undecodable bytes the verdict `unreadable` with the reason. Uploads stay
 in memory (the multipart spool is raised to max_bytes), so nothing is written per request.
 """
@@ -24,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartParser
 
 from .check import Checker, Upload, summarize
+from .header_deadline import with_header_timeout
 
 MAX_BYTES = 20_000_000
 BODY_TIMEOUT = 10.0
@@ -192,13 +194,21 @@ def create_app(checker: Checker, *, max_bytes: int = MAX_BYTES, timeout: float =
     return app
 
 
+def server_config(app, *, host: str = "127.0.0.1", port: int = 8000,
+                  timeout: float = BODY_TIMEOUT) -> uvicorn.Config:
+    """uvicorn's settings for the API: `timeout` seconds for a request's headers (408 after),
+    5 s for an idle keep-alive connection, at most 256 connections at once."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning",
+                          http=with_header_timeout(timeout), timeout_keep_alive=5,
+                          limit_concurrency=256)
+
+
 def serve(checker: Checker, *, host: str = "127.0.0.1", port: int = 8000,
           max_bytes: int = MAX_BYTES, timeout: float = BODY_TIMEOUT, max_batch: int = MAX_BATCH,
           announce=print) -> None:
     """Run the API until Ctrl-C or SIGTERM, which end it cleanly (exit status 0)."""
     app = create_app(checker, max_bytes=max_bytes, timeout=timeout, max_batch=max_batch)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           timeout_keep_alive=5, limit_concurrency=256))
+    server = uvicorn.Server(server_config(app, host=host, port=port, timeout=timeout))
 
     def stop(signum, frame):   # also the signal uvicorn raises again once it has shut down
         server.should_exit = True

@@ -54,9 +54,10 @@ class TrainSettings(_Recipe):
     seed: int = setting(0, "Seeds shuffling, augmentation, init.")
     workers: int | None = setting(None, "Decode processes (default: cores).", kind=int, low=1,
                                   high=256, result=False)
-    distribute: bool = setting(False, "Split each batch across every visible GPU (or logical "
-                               "CPU): MirroredStrategy under TensorFlow, DataParallel under JAX.",
-                               result=False)
+    distribute: bool | None = setting(None, "Split each batch across every visible GPU (or "
+                                      "logical CPU): MirroredStrategy under TensorFlow, "
+                                      "DataParallel under JAX [default: on when two or more "
+                                      "GPUs/TPUs are visible].", kind=bool, result=False)
 
     def recipe(self) -> TrainingSettings:
         return TrainingSettings(**{f.name: getattr(self, f.name)

@@ -279,7 +279,7 @@ def run(work: Workdir, settings: TrainSettings) -> dict:
     pixels, rows, failures = load_pixels(rows, work.config.root, settings.image_size,
                                          pixel_cache_dir(work.path), workers=settings.workers,
                                          quiet=work.quiet)
-    with data_parallel(settings.distribute) as replicas:
+    with data_parallel(settings.distribute, accelerator()) as replicas:
         summary = _train(work, settings, rows, pixels, classes)
     summary.update(left_out=[f"{p}: {r}" for p, r in failures], val_rows_with_unseen_class=unknown,
                    replicas=replicas)

@@ -1,10 +1,10 @@
 """The per-file embedding cache in the workdir: keys, reading, checkpoints, alignment.
 
 `<workdir>/embeddings/<backbone>_<size>_<weights-tag>[_tta].npz` holds one vector per file,
-keyed by path + bytes + mtime, so a re-run only embeds new or changed files. While a run
-embeds, every few hundred new vectors are written as a numbered part beside it
-(`<name>.parts/000001.npz`, atomically), so a killed run loses at most one checkpoint's worth;
-the end of a run folds the parts into the main file.
+keyed by path + bytes + mtime (and the decoder's version), so a re-run only embeds new or
+changed files. While a run embeds, every few hundred new vectors are written as a numbered part
+beside it (`<name>.parts/000001.npz`, atomically), so a killed run loses at most one
+checkpoint's worth; the end of a run folds the parts into the main file.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from curation.embed.backbones import resolve_weights
+from curation.images import DECODE_VERSION
 from curation.manifest import IDENTITY_COLUMNS, atomic_write, read_run
 
 CACHE_DIR = "embeddings"
@@ -54,7 +55,11 @@ def _empty() -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def _read_npz(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """A cache file's rows; none when images.load_array decoded differently when it was written
+    (vectors of the old pixels)."""
     with np.load(path, allow_pickle=False) as data:
+        if "decoder" not in data or int(data["decoder"]) != DECODE_VERSION:
+            return _empty()
         keys = pd.DataFrame({"path": data["paths"].astype(str), "bytes": data["bytes"],
                              "mtime": data["mtime"]})
         return keys, data["vectors"]
@@ -66,7 +71,7 @@ def _write_npz(path: Path, keys: pd.DataFrame, vectors: np.ndarray) -> Path:
             np.savez(handle, paths=keys["path"].to_numpy(dtype=str),
                      bytes=keys["bytes"].to_numpy(np.int64),
                      mtime=keys["mtime"].to_numpy(np.float64),
-                     vectors=vectors.astype(np.float32))
+                     vectors=vectors.astype(np.float32), decoder=np.int64(DECODE_VERSION))
 
     return atomic_write(path, write)
 

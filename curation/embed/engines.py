@@ -71,13 +71,20 @@ def get_engine(name: str, backbone: str, weights: str | None, image_size: int,
     return _keras_engine(backbone, weights, image_size, seed)
 
 
+def mirror_averaged(run: Callable, images: np.ndarray):
+    """run over a batch and its mirror images in one call; each output (an array, or a tuple
+    of arrays) is the mean of an image's two views."""
+    n = len(images)
+    out = run(np.concatenate([images, images[:, :, ::-1]]))
+    if isinstance(out, tuple):
+        return tuple((o[:n] + o[n:]) / 2 for o in out)
+    return (out[:n] + out[n:]) / 2
+
+
 def embed_views(engine: Engine, images: np.ndarray, *, tta: bool) -> np.ndarray:
     """Features of a uint8 batch; with tta the mirror images ride in the same batch and each
     vector is the mean of an image's two views."""
-    if not tta:
-        return engine.run(images)
-    features = engine.run(np.concatenate([images, images[:, :, ::-1]]))
-    return (features[:len(images)] + features[len(images):]) / 2
+    return mirror_averaged(engine.run, images) if tta else engine.run(images)
 
 
 @functools.lru_cache(maxsize=2)
