@@ -5,8 +5,8 @@ against picture.
 Each catalogue photo keeps a grayscale thumbnail (dedupe's geometry.small: 64x64, 4 KB) and a
 colour signature. An upload no hash rule matched is compared with its CANDIDATES nearest
 catalogue photos within LOOSE_BITS (first hash kind, any alignment) by dedupe's geometric
-check (geometry.alignment_scores: the centre of one high-passed thumbnail slid over the other,
-scaled and mirrored); it re-uses the best one that scores at least MIN_ALIGNED and whose colours
+check (geometry.py: the upload's high-passed thumbnail, its centre scaled and mirrored, slid
+over the catalogue photo's); it re-uses the best one that scores at least MIN_ALIGNED and whose colours
 agree. The colour check is needed because catalogue renders of one car in two paints align as
 well as an edited copy does (swift-wagonr: a grey Swift render cropped by 3-5 % scores 0.87
 against the red one); their colour signatures differ in 32-54 % of the pixels, an edited
@@ -20,7 +20,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from curation.dedupe.geometry import THUMB_SIDE, alignment_scores, high_pass, small
+from curation.dedupe.geometry import (THUMB_SIDE, best_match, high_pass, small, templates,
+                                      usable)
 from curation.images import ImageError, load_array
 from curation.parallel import map_files
 
@@ -100,11 +101,23 @@ def nearest(query: np.ndarray, base: np.ndarray, gap: np.ndarray,
 
 def aligned(thumbs: Sequence[np.ndarray], catalogue_thumbs: np.ndarray, query: np.ndarray,
             base: np.ndarray) -> np.ndarray:
-    """geometry.alignment_scores of each (upload, catalogue photo) pair: thumbs are the
-    uploads' (picture's first), indexed by query; base indexes the catalogue's."""
-    made = {("upload", int(q)): high_pass(thumbs[q]) for q in np.unique(query)}
-    made.update({int(b): high_pass(catalogue_thumbs[b]) for b in np.unique(base)})
-    return alignment_scores(made, [("upload", int(q)) for q in query], base)
+    """How well each upload is found in its catalogue photo (-1..1; NaN when a thumbnail is
+    flat): the upload's centre, as is and mirrored, at 1.0/0.93/0.86 of each side
+    (geometry.templates), slid over the photo's thumbnail (geometry.best_match). That is one
+    way round of dedupe's alignment_scores: it finds an upload that is the photo cropped,
+    scaled or mirrored, at half the cost of both (an upload showing more than the catalogue
+    photo is not sought). thumbs are the uploads' (picture's first), indexed by query; base
+    indexes the catalogue's."""
+    parts: dict[int, list[np.ndarray] | None] = {}
+    for q in np.unique(query):
+        upload = high_pass(thumbs[q])
+        parts[int(q)] = templates(upload) if usable(upload) else None
+    out = np.full(len(query), np.nan)
+    for k, (q, b) in enumerate(zip(query, base)):
+        photo = high_pass(catalogue_thumbs[b])
+        if parts[int(q)] is not None and usable(photo):
+            out[k] = best_match(photo, parts[int(q)])
+    return out
 
 
 def colours_agree(signatures: Sequence[np.ndarray], catalogue_signatures: np.ndarray,

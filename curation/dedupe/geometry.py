@@ -72,13 +72,14 @@ def templates(picture: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _best_match(whole: np.ndarray, parts: list[np.ndarray]) -> float:
+def best_match(whole: np.ndarray, parts: list[np.ndarray]) -> float:
     """Best normalized cross-correlation of any of `parts` anywhere in `whole`."""
     return max(float(cv2.minMaxLoc(cv2.matchTemplate(whole, part, cv2.TM_CCOEFF_NORMED))[1])
                for part in parts)
 
 
-def _usable(picture: np.ndarray) -> bool:
+def usable(picture: np.ndarray) -> bool:
+    """A thumbnail that can be aligned: decoded, and not flat."""
     return not np.isnan(picture).any() and float(picture.std()) > 0.1
 
 
@@ -90,10 +91,10 @@ def alignment_scores(thumbnails: dict[int, np.ndarray], i: Sequence[int],
     made: dict[int, list[np.ndarray]] = {}
     out = np.full(len(i), np.nan)
     for k, (a, b) in enumerate(zip(i, j)):
-        if not (_usable(thumbnails[a]) and _usable(thumbnails[b])):
+        if not (usable(thumbnails[a]) and usable(thumbnails[b])):
             continue
         for row in (a, b):
             if row not in made:
                 made[row] = templates(thumbnails[row])
-        out[k] = max(_best_match(thumbnails[a], made[b]), _best_match(thumbnails[b], made[a]))
+        out[k] = max(best_match(thumbnails[a], made[b]), best_match(thumbnails[b], made[a]))
     return out
