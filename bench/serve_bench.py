@@ -11,8 +11,10 @@ evaluate` has run (model in <workdir>/model, hashes from dedupe):
   photos: duplicate recall, and matched recall (the lookup found the right photo, whatever
   the verdict); how many test photos that re-use nothing are called duplicate; and how many
   catalogue photos match a different catalogue photo (looked up in the others, by folds).
-Load: starts `curate serve` on a free 127.0.0.1 port, sends a fixed number of checks from a
-few concurrent clients, then the bad-input list (training/bad_inputs.py), and stops it.
+Load: starts `curate serve` on a free 127.0.0.1 port with the train+val catalogue as its index
+(so each upload, a test photo, goes through the whole lookup: no byte-identical shortcut),
+sends a fixed number of checks from a few concurrent clients, then the bad-input list
+(training/bad_inputs.py), and stops it.
 Prints one JSON object. Example:
     CURATE_DATA=../shared/data python bench/serve_bench.py --dataset swift-wagonr --workdir /tmp/sw
 """
@@ -37,7 +39,7 @@ from curation.config import resolve_dataset
 from curation.dedupe.evaluation import plant
 from curation.embed.engines import ENGINES
 from curation.images import image_files
-from curation.manifest import read_manifest
+from curation.manifest import read_manifest, write_manifest
 from curation.review.fiftyone_db import free_port
 from curation.review.step import wait_for_http
 from training.bad_inputs import probe
@@ -281,8 +283,11 @@ def main() -> None:
         pixels = np.stack([checker.read("p", data).pixels for data, _ in payloads[:4]])
         rates = {f"model_only_{engine}_photos_per_second": model_only_rate(
             Predictor(args.workdir / "model", engine=engine), pixels) for engine in ENGINES}
-        out["load"] = load_test(args.workdir / "model", args.dataset, args.workdir, payloads,
-                                requests=args.requests, clients=args.clients, timeout=args.timeout)
+        with tempfile.TemporaryDirectory(prefix="serve-index-") as index_workdir:
+            write_manifest(catalogue_rows, Path(index_workdir))   # the train+val catalogue
+            out["load"] = load_test(args.workdir / "model", args.dataset, Path(index_workdir),
+                                    payloads, requests=args.requests, clients=args.clients,
+                                    timeout=args.timeout)
         out["load"].update(rates, engine=checker.predictor.engine)
     out["met"] = {
         "wrong_model_recall": out["swapped_claims"]["draw"]["wrong_model_recall"] >= 0.9,

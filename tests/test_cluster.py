@@ -40,8 +40,9 @@ def scheduler():
         yield local.scheduler_address
 
 
-def test_work_is_cut_into_partitions_of_a_few_hundred_files_not_one_task_per_file():
-    assert cluster.partition_size(200_000, 16) == cluster.PARTITION == 256
+def test_work_is_cut_into_partitions_of_hundreds_of_files_not_one_task_per_file():
+    assert cluster.partition_size(200_000, 16) == cluster.PARTITION == 1024
+    assert cluster.partition_size(200_000, 16, cluster.EMBED_PARTITION) == 256
     assert cluster.partition_size(1000, 2) == 125
     assert cluster.partition_size(10, 2) == cluster.MIN_PARTITION
     parts = cluster.partitions(list(range(600)), 256)
@@ -133,15 +134,17 @@ def test_a_kept_context_reuses_one_cluster_for_every_step_and_closes_it_at_the_e
 def _worker_environment() -> tuple:
     import dask
 
-    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), dask.config.get(
-        "distributed.worker.profile.enabled"), os.environ.get("OMP_NUM_THREADS")
+    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"),
+            dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.tick.interval"))
 
 
-def test_local_workers_keep_glibc_adaptive_malloc_and_run_no_profiler():
+def test_local_workers_keep_glibc_adaptive_malloc_and_run_few_periodic_checks():
     """Dask's MALLOC_TRIM_THRESHOLD_ made every large buffer an mmap/munmap pair (scan's work
-    took 1.5-2x the pool's CPU); one BLAS/OpenMP thread per worker stays."""
+    took 1.5-2x the pool's CPU), its 20 ms ticks took the GIL from the task thread; one
+    BLAS/OpenMP thread per worker stays."""
     with cluster.engine(cluster.LOCAL, workers=1) as client:
-        assert list(client.run(_worker_environment).values()) == [(None, False, "1")]
+        assert list(client.run(_worker_environment).values()) == [(None, "1", False, "1s")]
 
 
 def _kill_own_worker_once(args: tuple[int, str]) -> int:

@@ -67,7 +67,7 @@ def embed_on_dask(client, names: Sequence[str], paths: Sequence[str], settings
     prepare(s.engine_name, s.backbone, weights, s.image_size, s.seed)
     recipe = Recipe(s.engine_name, s.backbone, weights, s.image_size, s.seed, s.tta,
                     s.batch_size)
-    jobs = cluster.split(client, list(zip(names, map(str, paths))))
+    jobs = cluster.split(client, list(zip(names, map(str, paths))), cluster.EMBED_PARTITION)
     for _, embedded in cluster.as_done(client, functools.partial(embed_partition, recipe=recipe),
                                        jobs):
         yield embedded
