@@ -118,11 +118,13 @@ class Upload:
     error: str | None = None
 
 
-def read_upload(name: str, data: bytes, image_size: int, kinds=()) -> Upload:
+def read_upload(name: str, data: bytes, image_size: int, kinds=(), *,
+                pictures: bool = True) -> Upload:
     """Decode bytes in memory (bomb guard from the header) for the model (load_array, as in
     training: JPEGs at reduced DCT scale) and, when a catalogue is searched, its perceptual
-    hashes (the same small luma decode dedupe hashes) and its thumbnail and colour signature
-    (from the model's pixels) for the geometric check."""
+    hashes (the same small luma decode dedupe hashes) and, unless the catalogue has no
+    thumbnails (pictures=False), its thumbnail and colour signature (from the model's pixels)
+    for the geometric check."""
     try:
         pixels = load_array(data, image_size)
         gray = load_gray(data, min_side=DECODE_MIN_SIDE) if kinds else None
@@ -133,7 +135,7 @@ def read_upload(name: str, data: bytes, image_size: int, kinds=()) -> Upload:
     if gray is None:
         return Upload(name, pixels, sha256=hashlib.sha256(data).hexdigest())
     return Upload(name, pixels, gray_hashes(gray, kinds), crop_variants(gray, kinds),
-                  hashlib.sha256(data).hexdigest(), picture(pixels))
+                  hashlib.sha256(data).hexdigest(), picture(pixels) if pictures else None)
 
 
 def val_rule(predictor: Predictor, workdir: Path, root: Path | None = None) -> dict:
@@ -175,8 +177,10 @@ class Checker:
         return list(self.predictor.classes)
 
     def read(self, name: str, data: bytes) -> Upload:
-        kinds = self.catalogue.kinds if self.catalogue is not None else ()
-        return read_upload(name, data, self.predictor.image_size, kinds)
+        if self.catalogue is None:
+            return read_upload(name, data, self.predictor.image_size)
+        return read_upload(name, data, self.predictor.image_size, self.catalogue.kinds,
+                           pictures=self.catalogue.thumbs is not None)
 
     def check(self, uploads: list[Upload], claimed_labels: list[str], *, k: int = 3) -> list[dict]:
         """One result per upload, in order. claimed_labels must be among self.classes."""

@@ -71,4 +71,3 @@ def embed_on_dask(client, names: Sequence[str], paths: Sequence[str], settings
     for _, embedded in cluster.as_done(client, functools.partial(embed_partition, recipe=recipe),
                                        jobs):
         yield embedded
-
